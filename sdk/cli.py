@@ -1,0 +1,114 @@
+"""The `edgevla` command line. Every verb listed here works; heavy imports happen inside each verb."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(episodes=args.episodes, workdir=Path(args.workdir), progress=not args.no_progress,
+             json_path=Path(args.json) if args.json else None)
+    return 0
+
+
+def _compile(args) -> int:
+    from edgevla.targets import compile_bundle, verify_bundle
+
+    bundle = compile_bundle(args.model, args.target, args.output)
+    print(f"wrote {bundle.path} ({bundle.target['name']}, library {bundle.manifest['library']})")
+    if not args.no_verify:
+        report = verify_bundle(bundle.path)
+        print(report.line())
+        return 0 if report.passed else 1
+    return 0
+
+
+def _verify(args) -> int:
+    from edgevla.targets import verify_bundle
+
+    report = verify_bundle(args.bundle)
+    print(report.line())
+    return 0 if report.passed else 1
+
+
+def _run(args) -> int:
+    from edgevla.runtime.engine import load_policy
+    from edgevla.runtime.loop import ControlLoop, LoopConfig
+    from edgevla.runtime.robots.sim_reach import SimReach
+
+    if args.robot != "sim:reach":
+        print(f"error: unknown robot {args.robot!r}; this version drives: sim:reach", file=sys.stderr)
+        return 2
+    policy = load_policy(args.policy)
+    robot = SimReach()
+    loop = ControlLoop(robot, policy, config=LoopConfig(hz=args.hz))
+    successes = 0
+    try:
+        for episode in range(args.episodes):
+            result = loop.run_episode(args.seed + episode)
+            successes += bool(result.success)
+    finally:
+        robot.close()
+    summary = {"success_rate": successes / args.episodes, "episodes": args.episodes, **loop.timer.summary(),
+               "safe_action_events": loop.events.total()}
+    print(f"success {successes}/{args.episodes}")
+    for name, s in summary["sections_ms"].items():
+        print(f"  {name:12s} p50 {s['p50']:7.3f} ms  p99 {s['p99']:7.3f} ms  max {s['max']:7.3f} ms")
+    print(f"  overruns {summary['overruns']}, safe actions sent {summary['safe_action_events']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgevla", description="Compressed VLA policies from PyTorch to a robot.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("demo", help="train (cached), compress to 1 bit, export, compile with TVM, run the reach "
+                                      "task closed loop and print success and latency per variant")
+    p.add_argument("--episodes", type=int, default=50, help="held-out episodes per variant (default 50)")
+    p.add_argument("--workdir", default="artifacts/demo", help="where ONNX files and the bundle go")
+    p.add_argument("--json", help="also write the results as JSON to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_demo)
+
+    p = verbs.add_parser("compile", help="compile an ONNX file for a target into a bundle directory")
+    p.add_argument("model", help="ONNX file (static shapes)")
+    p.add_argument("--target", default="host", help="target name (default host)")
+    p.add_argument("-o", "--output", required=True, help="bundle directory to write")
+    p.add_argument("--no-verify", action="store_true", help="skip running the bundle against onnxruntime")
+    p.set_defaults(func=_compile)
+
+    p = verbs.add_parser("verify", help="run a bundle on its target (as closely as this machine allows) and "
+                                        "compare with its recorded onnxruntime output")
+    p.add_argument("bundle")
+    p.set_defaults(func=_verify)
+
+    p = verbs.add_parser("run", help="run a bundle or .onnx policy closed loop on a robot and print timing")
+    p.add_argument("policy", help="bundle directory or .onnx file")
+    p.add_argument("--robot", default="sim:reach", help="robot to drive (this version: sim:reach)")
+    p.add_argument("--hz", type=float, default=None, help="control rate in Hz (default: as fast as possible)")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=1_000_000, help="first episode seed")
+    p.add_argument("--json", help="write the summary as JSON to this file")
+    p.set_defaults(func=_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

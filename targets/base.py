@@ -1,0 +1,73 @@
+"""The target interface and its registry: one small class per target, looked up by name."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgevla.runtime.bundle import Bundle
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    target: str
+    how: str  # where the bundle ran: "natively", "qemu-aarch64", ...
+    max_abs_error: float
+    atol: float
+    rtol: float
+    passed: bool
+
+    def line(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return (f"{verdict} {self.target} ({self.how}): max |error| {self.max_abs_error:.3g} "
+                f"(atol {self.atol:g}, rtol {self.rtol:g})")
+
+
+class Target(abc.ABC):
+    name: str = ""
+    arch: str = ""  # machine name the library runs on (as edgevla.runtime.bundle.this_machine reports)
+    description: str = ""
+
+    @abc.abstractmethod
+    def tvm_target(self) -> dict:
+        """The TVM target as a dict (0.27 rejects CLI-style target strings)."""
+
+    @abc.abstractmethod
+    def build(self, model: onnx.ModelProto, out_dir: Path) -> Path:
+        """Compile `model` into a library inside out_dir; returns its path."""
+
+    @abc.abstractmethod
+    def run_check(self, bundle: Bundle, inputs: dict[str, np.ndarray]) -> tuple[list[np.ndarray], str]:
+        """Run the bundle on `inputs` as closely to the device as this machine allows; (outputs, how)."""
+
+    def verify(self, bundle: Bundle) -> VerifyReport:
+        inputs, expected = bundle.check_pair()
+        outputs, how = self.run_check(bundle, inputs)
+        atol, rtol = bundle.tolerance
+        worst, passed = 0.0, len(outputs) == len(expected)
+        for got, want in zip(outputs, expected):
+            if got.shape != want.shape:
+                passed = False
+                continue
+            worst = max(worst, float(np.max(np.abs(got.astype(np.float64) - want))))
+            passed &= bool(np.allclose(got, want, atol=atol, rtol=rtol))
+        return VerifyReport(self.name, how, worst, atol, rtol, passed)
+
+
+TARGETS: dict[str, Target] = {}
+
+
+def register_target(target: Target) -> Target:
+    TARGETS[target.name] = target
+    return target
+
+
+def get_target(name: str) -> Target:
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise KeyError(f"unknown target {name!r}; known targets: {sorted(TARGETS)}") from None

@@ -1,0 +1,110 @@
+"""`edgevla compile` and `edgevla verify`: ONNX -> bundle directory for a target, and its check."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgevla.runtime.bundle import Bundle, read_bundle, write_manifest
+from edgevla.runtime import formats
+from .base import VerifyReport, get_target
+
+# Named tolerances for bundle checks against onnxruntime (same model, same input, float32 reordering only).
+TOLERANCE = {"atol": 1e-4, "rtol": 1e-3}
+
+
+def _tensor_specs(values) -> list[dict]:
+    specs = []
+    for v in values:
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        if any(d is None for d in dims):
+            raise ValueError(f"{v.name!r} has a symbolic dimension {dims}; compile needs static shapes: export "
+                             "with dynamic_batch=False")
+        specs.append({"name": v.name, "shape": dims,
+                      "dtype": str(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))})
+    return specs
+
+
+def integer_input_bounds(model: onnx.ModelProto) -> dict[str, int]:
+    """For integer inputs used as Gather indices (token ids), the table size they must stay below."""
+    initializers = {init.name: init for init in model.graph.initializer}
+    bounds = {}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[0] in initializers:
+            bounds[node.input[1]] = int(initializers[node.input[0]].dims[0])
+    return bounds
+
+
+def reference_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    """A deterministic, valid input for every graph input (token ids within their table)."""
+    rng = np.random.default_rng(seed)
+    bounds = integer_input_bounds(model)
+    inputs = {}
+    for spec in _tensor_specs(model.graph.input):
+        dtype = np.dtype(spec["dtype"])
+        if dtype == np.uint8:
+            inputs[spec["name"]] = rng.integers(0, 256, spec["shape"], dtype=np.uint8)
+        elif dtype.kind in "iu":
+            inputs[spec["name"]] = rng.integers(0, bounds.get(spec["name"], 2), spec["shape"]).astype(dtype)
+        else:
+            inputs[spec["name"]] = rng.normal(size=spec["shape"]).astype(dtype)
+    return inputs
+
+
+def compile_bundle(onnx_path: str | Path, target: str, out_dir: str | Path, *, overwrite: bool = True) -> Bundle:
+    """Compile an ONNX file for `target` into a bundle directory and record a reference check pair."""
+    import onnxruntime as ort
+
+    from edgevla import __version__
+    from . import tvm_backend
+
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    target_impl = get_target(target)
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"no ONNX file at {onnx_path}")
+    model = onnx.load(str(onnx_path))
+    if out_dir.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} exists; choose another -o or remove it")
+        shutil.rmtree(out_dir)
+    (out_dir / "check").mkdir(parents=True)
+    library = target_impl.build(model, out_dir)
+
+    inputs = reference_inputs(model)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, inputs)
+    check_inputs, check_outputs = {}, []
+    for i, (name, value) in enumerate(inputs.items()):
+        np.save(out_dir / "check" / f"input_{i}.npy", value, allow_pickle=False)
+        check_inputs[name] = f"check/input_{i}.npy"
+    for i, value in enumerate(outputs):
+        np.save(out_dir / "check" / f"output_{i}.npy", value, allow_pickle=False)
+        check_outputs.append(f"check/output_{i}.npy")
+    bounds = integer_input_bounds(model)
+    meta = {entry.key: entry.value for entry in model.metadata_props}
+    manifest = {
+        "target": {"name": target_impl.name, "arch": target_impl.arch, "tvm_target": target_impl.tvm_target()},
+        "library": library.relative_to(out_dir).as_posix(),
+        "inputs": _tensor_specs(model.graph.input),
+        "outputs": _tensor_specs(model.graph.output),
+        "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+        "edgevla_version": __version__,
+        "tvm_version": tvm_backend.tvm_version(),
+        "format_version": formats.FORMAT_VERSION,
+        "vocabulary_size": min(bounds.values()) if bounds else None,
+        "compression": json.loads(meta.get("edgevla_layers", "{}")),
+        "check": {"inputs": check_inputs, "outputs": check_outputs, **TOLERANCE},
+    }
+    return write_manifest(out_dir, manifest)
+
+
+def verify_bundle(bundle_dir: str | Path) -> VerifyReport:
+    bundle = read_bundle(bundle_dir)
+    return get_target(bundle.target["name"]).verify(bundle)
