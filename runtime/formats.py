@@ -129,7 +129,8 @@ def pack_binary(weight: np.ndarray, *, group_size: int = BINARY_DEFAULT_GROUP) -
     sums = np.zeros((n, groups), dtype=np.float64)
     for j in range(group_size):  # sequential sum: the C header does the same, so scales match bit for bit
         sums += magnitude[:, :, j]
-    scales = (sums / np.maximum(counts, 1)).astype(np.float32).astype(np.float16)
+    with np.errstate(over="ignore"):  # a mean |w| above 65504 becomes inf in float16, as in C
+        scales = (sums / np.maximum(counts, 1)).astype(np.float32).astype(np.float16)
     return PackedWeight("binary", {"bits": packed_bits, "scales": scales},
                         {"in_features": k, "group_size": group_size}, n)
 

@@ -1,0 +1,57 @@
+"""Shared fixtures: small models exported once per session."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+INPUT_NAMES = ["image", "instruction", "state"]
+
+
+@pytest.fixture(scope="session")
+def reach_example():
+    import torch
+
+    rng = np.random.default_rng(0)
+    return (torch.from_numpy(rng.integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)),
+            torch.tensor([[1, 2, 3, 5]]), torch.from_numpy(rng.normal(size=(1, 8)).astype(np.float32)))
+
+
+@pytest.fixture(scope="session")
+def untrained_reach(reach_example):
+    """An untrained reach policy (fixed seed) and its sign-compressed copy: enough for parity tests."""
+    import torch
+
+    from edgevla.exporters.compress import compress
+    from edgevla.models.reach_vla import ReachVLA
+
+    torch.manual_seed(0)
+    model = ReachVLA().eval()
+    compressed = compress(model, "sign", calibration=[reach_example], include=["blocks.*"], group_size=64)
+    return model, compressed
+
+
+@pytest.fixture(scope="session")
+def reach_onnx(tmp_path_factory, untrained_reach, reach_example) -> dict[str, Path]:
+    from edgevla.exporters.onnx_export import export
+
+    model, compressed = untrained_reach
+    out = tmp_path_factory.mktemp("onnx")
+    paths = {"fp32": out / "reach_fp32.onnx", "binary": out / "reach_binary.onnx"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export(model, reach_example, paths["fp32"], input_names=INPUT_NAMES, output_names=["actions"])
+        export(compressed.model, reach_example, paths["binary"], input_names=INPUT_NAMES, output_names=["actions"])
+    return paths
+
+
+@pytest.fixture(scope="session")
+def reach_bundle(tmp_path_factory, reach_onnx) -> Path:
+    from edgevla.targets import compile_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "reach_binary_host"
+    compile_bundle(reach_onnx["binary"], "host", out)
+    return out

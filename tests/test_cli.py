@@ -1,0 +1,36 @@
+"""The edgevla command line: verbs that exist, compile/verify/run, and error exits."""
+
+import subprocess
+import sys
+
+import pytest
+
+from edgevla.cli import build_parser, main
+
+
+def test_help_lists_only_working_verbs():
+    out = subprocess.run([sys.executable, "-m", "edgevla.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    verbs = set(build_parser()._subparsers._group_actions[0].choices)
+    assert verbs == {"demo", "compile", "verify", "run"}
+    for verb in verbs:
+        assert verb in out.stdout
+
+
+def test_compile_verify_run(reach_onnx, tmp_path, capsys):
+    bundle = tmp_path / "b"
+    assert main(["compile", str(reach_onnx["binary"]), "--target", "host", "-o", str(bundle)]) == 0
+    assert "PASS host (natively)" in capsys.readouterr().out
+    assert main(["verify", str(bundle)]) == 0
+    assert main(["run", str(bundle), "--episodes", "1", "--json", str(tmp_path / "run.json")]) == 0
+    out = capsys.readouterr().out
+    assert "success" in out and "infer" in out
+    assert (tmp_path / "run.json").is_file()
+
+
+def test_errors_exit_2_with_a_message(reach_onnx, tmp_path, capsys):
+    assert main(["compile", str(reach_onnx["binary"]), "--target", "mips", "-o", str(tmp_path / "x")]) == 2
+    assert "known targets" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path)]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    assert main(["run", str(reach_onnx["binary"]), "--robot", "dynamixel:/dev/ttyUSB0"]) == 2
