@@ -142,3 +142,22 @@ print("OK")
 def test_get_target_host_describes_itself():
     target = get_target("host")
     assert target.tvm_target() == {"kind": "llvm"} and target.arch == "x86_64"
+
+
+@pytest.mark.parametrize("rows,n,k,group", [(1, 16, 64, 64), (3, 5, 70, 64), (2, 33, 13, 8), (14, 160, 160, 80),
+                                            (4, 7, 200, 128)])
+def test_binary_kernel_matches_format_reference(rows, n, k, group):
+    import tvm
+
+    from edgevla.runtime import formats
+    from edgevla.targets import tvm_kernels
+
+    rng = np.random.default_rng(rows * n + k)
+    packed = formats.pack_binary(rng.normal(size=(n, k)).astype(np.float32), group_size=group)
+    x = rng.normal(size=(rows, k)).astype(np.float32)
+    kernel = tvm_kernels.binary_matmul_kernel(rows, n, k, group).with_attr("global_symbol", "main")
+    executable = tvm_backend.compile_module(tvm.IRModule({"main": kernel}), get_target("host").tvm_target())
+    y = tvm.runtime.tensor(np.zeros((rows, n), np.float32))
+    executable["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(packed.arrays["bits"]),
+                       tvm.runtime.tensor(packed.arrays["scales"]), y)
+    np.testing.assert_allclose(y.numpy(), formats.get_format("binary").matmul_ref(x, packed), atol=1e-4, rtol=1e-4)
