@@ -37,6 +37,10 @@ from typing import Callable
 
 import numpy as np
 
+__all__ = ["FORMAT_VERSION", "PackedWeight", "FormatSpec", "REGISTRY", "register", "get_format",
+           "packed_from_arrays", "expected_shapes", "padded_length", "index_bits", "BINARY_DEFAULT_GROUP",
+           "pack_binary", "unpack_binary", "pack_nm", "unpack_nm", "nm_keep_mask", "nm_unpack_indices"]
+
 FORMAT_VERSION = 1  # bumped whenever any layout below changes; recorded in exported files and bundles
 
 

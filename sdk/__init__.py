@@ -15,7 +15,6 @@ _LAZY = {
     "export": ("edgevla.exporters.onnx_export", "export"),
     "compile": ("edgevla.targets", "compile_bundle"),
     "load": ("edgevla.runtime.engine", "load_policy"),
-    "formats": ("edgevla.runtime.formats", None),
 }
 
 

@@ -94,3 +94,12 @@ def test_packed_from_arrays_checks_shapes():
     bad = dict(packed.arrays, bits=packed.arrays["bits"][:, :1])
     with pytest.raises(ValueError, match="expected shape"):
         formats.packed_from_arrays("binary", bad, packed.attrs, 4)
+
+
+def test_public_names_resolve():
+    import edgevla
+    import edgevla.formats
+
+    assert edgevla.formats.get_format is formats.get_format
+    assert callable(edgevla.compress) and callable(edgevla.export) and callable(edgevla.compile)
+    assert callable(edgevla.load)
