@@ -1,8 +1,9 @@
 """`edgevla.compress`: replace a model's Linear layers by packed layers, with a per-layer report.
 
-Methods are looked up by name in METHODS; each takes a dense weight (and the layer's calibration inputs
-when it needs them) and returns a PackedWeight. The spine ships `sign`; the compression issue adds the
-others behind the same table.
+Methods are looked up by name in `methods.METHODS`; each takes a dense weight and the layer's calibration
+statistics and returns a PackedWeight. Layers are compressed one after another, in module order, and each
+layer's statistics are gathered with the layers before it already compressed (GPTQ's sequential mode), so
+only one layer's Hessian exists at a time.
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ from __future__ import annotations
 import copy
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Iterable
 
-import numpy as np
 import torch
 from torch import nn
 
 from edgevla.runtime import formats
-from .packed_layers import PACKED_LINEAR_TYPES, PackedLinear
+from .calibration import collect_layer_stats, compute_device
+from .methods import METHOD_OPTIONS, METHODS, NEEDS_CALIBRATION, POLICY_AWARE
+from .packed_layers import PackedLinear, packed_linear
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,16 +60,21 @@ class Compressed:
     report: CompressionReport
 
 
-def _sign(weight: np.ndarray, inputs: torch.Tensor | None, *, group_size: int = formats.BINARY_DEFAULT_GROUP):
-    """XNOR-Net style: sign of each weight times the mean |w| of its group of `group_size` inputs."""
-    return formats.pack_binary(weight, group_size=group_size)
+def _parent(model: nn.Module, name: str) -> nn.Module:
+    parent_name = name.rpartition(".")[0]
+    return model.get_submodule(parent_name) if parent_name else model
 
 
-METHODS: dict[str, Callable[..., formats.PackedWeight]] = {"sign": _sign}
-_METHOD_OPTIONS = {"sign": {"group_size"}}
+def _not_called(model: nn.Module, name: str) -> str | None:
+    """Why a Linear cannot be swapped for a packed layer, if its parent reads `.weight` directly."""
+    parent = _parent(model, name)
+    if isinstance(parent, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+        return (f"weight read directly by its parent nn.{type(parent).__name__} (its fused forward never calls "
+                "the module); write the block with plain nn.Linear layers to compress it")
+    return None
 
 
-def default_targets(model: nn.Module, min_in_features: int = 64) -> tuple[list[str], dict[str, str]]:
+def default_targets(model: nn.Module, min_in_features: int = 32) -> tuple[list[str], dict[str, str]]:
     """Linear layers to compress by default, and the reasons others are kept.
 
     Like the 1-bit VLA papers, the first Linear (input projection / stem side) and the last (the action
@@ -77,7 +84,9 @@ def default_targets(model: nn.Module, min_in_features: int = 64) -> tuple[list[s
     targets, kept = [], {}
     for i, name in enumerate(linears):
         layer = model.get_submodule(name)
-        if i == 0:
+        if _not_called(model, name):
+            kept[name] = _not_called(model, name)
+        elif i == 0:
             kept[name] = "first Linear (input side) kept in full precision"
         elif i == len(linears) - 1:
             kept[name] = "last Linear (output head) kept in full precision"
@@ -100,16 +109,24 @@ def compress(model: nn.Module, method: str, *, calibration: Iterable | None = No
     """
     if method not in METHODS:
         raise ValueError(f"unknown compression method {method!r}; known methods: {sorted(METHODS)}")
-    unknown = set(options) - _METHOD_OPTIONS[method]
+    unknown = set(options) - METHOD_OPTIONS[method]
     if unknown:
         raise TypeError(f"method {method!r} got unknown options {sorted(unknown)}; "
-                        f"it accepts {sorted(_METHOD_OPTIONS[method])}")
+                        f"it accepts {sorted(METHOD_OPTIONS[method])}")
+    calibration = list(calibration) if calibration is not None else None
+    needs_data = method in NEEDS_CALIBRATION or options.get("criterion", "magnitude") != "magnitude"
+    if needs_data and not calibration:
+        raise ValueError(f"method {method!r} needs calibration data: pass calibration=[model inputs, ...]")
     model = model if inplace else copy.deepcopy(model)
     model.eval()
     if include:
         linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         targets = [n for n in linears if any(fnmatch.fnmatchcase(n, p) for p in include)]
         kept = {n: "not matched by include" for n in linears if n not in targets}
+        for n in list(targets):
+            if _not_called(model, n):
+                targets.remove(n)
+                kept[n] = _not_called(model, n)
         if not targets:
             raise ValueError(f"include patterns {include} match no Linear layer; Linear layers are: {linears}")
     else:
@@ -119,30 +136,32 @@ def compress(model: nn.Module, method: str, *, calibration: Iterable | None = No
             targets.remove(name)
             kept[name] = "excluded by pattern"
 
-    inputs = _capture_inputs(model, targets, calibration) if calibration is not None else {}
+    device = compute_device()
     report = CompressionReport()
     for name in targets:
         layer = model.get_submodule(name)
-        weight = layer.weight.detach().cpu().numpy()
+        stats = None
+        if calibration:
+            stats = collect_layer_stats(model, name, calibration, policy_aware=method in POLICY_AWARE, device=device)
+        weight = layer.weight.detach().to(device=device, dtype=torch.float64)
+        if not torch.isfinite(weight).all():
+            bad = torch.nonzero(~torch.isfinite(weight))[0].tolist()
+            raise ValueError(f"layer {name!r} ({tuple(weight.shape)}): weight has a NaN or inf at row {bad[0]}, "
+                             f"column {bad[1]}; fix the model (or its training) before compressing")
         try:
-            packed = METHODS[method](weight, inputs.get(name), **options)
+            packed = METHODS[method](weight, stats, **options)
         except ValueError as e:
             raise ValueError(f"layer {name!r} ({tuple(weight.shape)}): {e}") from e
-        new_layer = PACKED_LINEAR_TYPES[packed.format](packed, layer.bias, method=method)
+        new_layer = packed_linear(packed, layer.bias, method=method).to(layer.weight.device)
         error = None
-        if name in inputs:
-            with torch.no_grad():
-                reference = layer(inputs[name])
-                approx = new_layer(inputs[name])
-                error = float(torch.linalg.vector_norm(approx - reference) /
-                              torch.linalg.vector_norm(reference).clamp_min(1e-12))
-        note = ""
-        padded_k = formats.padded_length(packed.in_features, packed.attrs.get("group_size", packed.attrs.get("m", 1)))
-        if padded_k != packed.in_features:
-            note = f"K={packed.in_features} padded to {padded_k}"
+        if stats is not None:
+            dense = torch.from_numpy(formats.get_format(packed.format).unpack(packed)).to(device)
+            error = stats.output_error(weight, dense.to(torch.float64), None if layer.bias is None else
+                                       layer.bias.detach().to(device))
         _set_submodule(model, name, new_layer)
         report.layers.append(LayerReport(name=name, shape=tuple(weight.shape), method=method,
-                                         bits_per_weight=packed.bits_per_weight, relative_error=error, note=note))
+                                         bits_per_weight=packed.bits_per_weight, relative_error=error,
+                                         note=_layout_note(packed)))
     for name, reason in kept.items():
         layer = model.get_submodule(name)
         report.layers.append(LayerReport(name=name, shape=tuple(layer.weight.shape), method="kept",
@@ -150,32 +169,23 @@ def compress(model: nn.Module, method: str, *, calibration: Iterable | None = No
     return Compressed(model=model, report=report)
 
 
+def _layout_note(packed: formats.PackedWeight) -> str:
+    a = packed.attrs
+    notes = []
+    block = a.get("group_size", a.get("block_size", a.get("m")))
+    if packed.format in ("binary", "binary_split", "nm") and block:
+        padded = formats.padded_length(packed.in_features, block)
+        if padded != packed.in_features:
+            notes.append(f"K={packed.in_features} padded to {padded}")
+    if a.get("salient"):
+        notes.append(f"{a['salient']} salient columns")
+    if packed.format == "haar_binary":
+        notes.append(f"Haar groups of {a['group_size']}")
+    if packed.format == "nm":
+        notes.append(f"{a['n']}:{a['m']}")
+    return ", ".join(notes)
+
+
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
-def _capture_inputs(model: nn.Module, names: list[str], calibration: Iterable) -> dict[str, torch.Tensor]:
-    """Run the calibration inputs and collect each target layer's input activations (flattened rows)."""
-    captured: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    hooks = []
-    for name in names:
-        def hook(module, args, _name=name):
-            captured[_name].append(args[0].detach().reshape(-1, args[0].shape[-1]))
-        hooks.append(model.get_submodule(name).register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            for i, batch in enumerate(calibration):
-                try:
-                    if isinstance(batch, dict):
-                        model(**batch)
-                    elif isinstance(batch, (tuple, list)):
-                        model(*batch)
-                    else:
-                        model(batch)
-                except (RuntimeError, TypeError, ValueError) as e:
-                    raise ValueError(f"calibration batch {i} does not fit the model: {e}") from e
-    finally:
-        for h in hooks:
-            h.remove()
-    return {name: torch.cat(rows) for name, rows in captured.items() if rows}

@@ -8,6 +8,7 @@ body is made of standard ONNX ops, so stock onnxruntime and `onnx.reference` run
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -122,6 +123,10 @@ def export(model, example_inputs: Sequence, path: str | Path, *, opset: int | No
     if dynamic_batch:
         batch = torch.export.Dim("batch")
         dynamic_shapes = tuple({0: batch} for _ in args)
+    # torch logs one warning per torchvision op it cannot register; they are noise for policies.
+    registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    previous_level = registration_log.level
+    registration_log.setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -132,6 +137,8 @@ def export(model, example_inputs: Sequence, path: str | Path, *, opset: int | No
         except Exception as e:  # torch raises many types here; name the model and chain the cause
             raise RuntimeError(f"could not export {type(model).__name__} to ONNX: {e}. Data-dependent control "
                                "flow and unsupported module types must be removed or rewritten first") from e
+        finally:
+            registration_log.setLevel(previous_level)
     proto = program.model_proto
     used = {node.op_type for node in proto.graph.node if node.domain == DOMAIN}
     proto.functions.extend(FUNCTION_BUILDERS[op](opset) for op in sorted(used))

@@ -36,6 +36,20 @@ def _binary_matmul_fake(x, bits, scales, in_features, group_size):
     return x.new_empty((*x.shape[:-1], bits.shape[0]))
 
 
+def _binary_matmul_backward(ctx, grad):
+    weight = unpack_binary_torch(ctx.bits, ctx.scales, ctx.in_features, ctx.group_size)
+    return grad @ weight.to(grad.dtype), None, None, None, None
+
+
+def _binary_matmul_setup(ctx, inputs, output):
+    _, ctx.bits, ctx.scales, ctx.in_features, ctx.group_size = inputs
+
+
+# Gradients flow to the activations (policy-aware calibration, straight-through fine-tuning), never to the
+# packed weights themselves.
+binary_matmul.register_autograd(_binary_matmul_backward, setup_context=_binary_matmul_setup)
+
+
 class PackedLinear(nn.Module):
     """Base of all packed Linear layers: buffers named after the format's arrays, an optional bias."""
 
@@ -78,4 +92,26 @@ class BinaryLinear(PackedLinear):
         return y if self.bias is None else y + self.bias
 
 
+class DecodedLinear(PackedLinear):
+    """Formats without a dedicated torch op yet: eager forward multiplies by the format's reference
+    decoding (cached, not saved). The packed arrays remain the module's state."""
+
+    def __init__(self, packed, bias, *, method):
+        self.format_name = packed.format
+        super().__init__(packed, bias, method=method)
+        self._decoded: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._decoded is None or self._decoded.device != x.device:
+            self._decoded = self.dense_weight().to(x.device)
+        y = x @ self._decoded.to(x.dtype).T
+        return y if self.bias is None else y + self.bias
+
+
 PACKED_LINEAR_TYPES: dict[str, type[PackedLinear]] = {"binary": BinaryLinear}
+
+
+def packed_linear(packed: formats.PackedWeight, bias: torch.Tensor | None, *, method: str) -> PackedLinear:
+    """The torch layer for a packed weight of any registered format."""
+    layer_type = PACKED_LINEAR_TYPES.get(packed.format, DecodedLinear)
+    return layer_type(packed, bias, method=method)

@@ -27,6 +27,36 @@ nm (N:M structured sparsity, "n of every m kept")
     padding Kp = ceil(K / m) * m; padded weights are zeros and may be "kept" (value 0).
     choice  the n largest |w| of each group; ties go to the lower index.
     value   W[n, g*m + idx] = value for each kept (idx, value); all other weights are 0.
+
+binary_split (BiLLM style: salient columns with residual binarization, the rest split in two magnitudes)
+    arrays  salient_idx   uint16  [S]              salient input columns, ascending.
+            bits          uint8   [N, Kp / 8]      first-pass sign of every weight (as in `binary`).
+            residual_bits uint8   [N, ceil(S / 8)] second-pass sign of the salient weights, in salient_idx
+                                                   order, LSB first.
+            split_bits    uint8   [N, Kp / 8]      1 = the weight is in the "outer" (large |w|) group, 0 =
+                                                   "concentrated"; always 0 for salient columns and padding.
+            scales        float16 [N, Kp / B, 4]   per row and block of B columns: salient first-pass,
+                                                   salient residual, concentrated, outer.
+    attrs   in_features K, block_size B (a multiple of 8), salient S.
+    value   salient:  a1 * s1 + a2 * s2;  others: (outer ? a_outer : a_concentrated) * s,  s = 2*bit - 1.
+
+haar_binary (HBVLA style: salient columns kept with residual binarization, the rest 1-bit in the Haar domain)
+    arrays  salient_idx           uint16  [S]              salient input columns, ascending.
+            salient_bits          uint8   [S, ceil(N/8)]   first-pass signs of each salient column over the N
+                                                           rows, LSB first (column-major: no per-row padding).
+            salient_residual_bits uint8   [S, ceil(N/8)]   second-pass signs, same layout.
+            salient_scales        float16 [2, S]           per salient column: first-pass, residual scale.
+            bits                  uint8   [N, Kh / 8]      sign of each Haar-domain weight.
+            scale_codes           uint8   [N, Kh / G]      group scale = scale_base * 2^((code - 255) / 16),
+                                                           code 0 = 0 (8-bit log scales: 4.4% steps).
+            scale_base            float32 [1]              the largest group scale of the layer.
+    attrs   in_features K, salient S, group_size G (even multiple of 8 dividing Kh).
+    Haar    the other Kn = K - S columns (ascending) form u, zero-padded to Kh = ceil(Kn / 16) * 16;
+            haar(u) = [(u[0::2] + u[1::2]) / sqrt(2), (u[0::2] - u[1::2]) / sqrt(2)] (low band, high band).
+            A kernel computes haar(x[others]) once per row of activations, then
+            y = haar(x_others) @ Wh.T + x[salient] @ Ws.T: no dense weight is ever formed.
+    value   Wh[n, j] = scale(n, j // G) * s;  W[n, others] = inverse_haar(Wh[n])[:Kn];
+            W[n, salient_j] = salient_scales[0, j] * s1 + salient_scales[1, j] * s2.
 """
 
 from __future__ import annotations
@@ -39,7 +69,10 @@ import numpy as np
 
 __all__ = ["FORMAT_VERSION", "PackedWeight", "FormatSpec", "REGISTRY", "register", "get_format",
            "packed_from_arrays", "expected_shapes", "padded_length", "index_bits", "BINARY_DEFAULT_GROUP",
-           "pack_binary", "unpack_binary", "pack_nm", "unpack_nm", "nm_keep_mask", "nm_unpack_indices"]
+           "pack_binary", "unpack_binary", "pack_nm", "unpack_nm", "nm_keep_mask", "nm_unpack_indices",
+           "pack_binary_split", "unpack_binary_split", "pack_haar_binary", "unpack_haar_binary",
+           "haar_binary_parts", "haar_forward", "haar_inverse", "haar_padded_length", "haar_other_columns",
+           "encode_log_scales", "decode_log_scales", "packed_nbytes"]
 
 FORMAT_VERSION = 1  # bumped whenever any layout below changes; recorded in exported files and bundles
 
@@ -220,6 +253,190 @@ def unpack_nm(packed: PackedWeight) -> np.ndarray:
     return dense[:, :k]
 
 
+# ------------------------------------------------------------------------------------ binary_split
+def _bits(matrix: np.ndarray) -> np.ndarray:
+    """Pack a boolean [rows, cols] matrix LSB first per row (cols padded to whole bytes)."""
+    return np.packbits(np.asarray(matrix, dtype=bool), axis=1, bitorder="little")
+
+
+def _unbits(packed: np.ndarray, cols: int) -> np.ndarray:
+    return np.unpackbits(packed, axis=1, bitorder="little")[:, :cols].astype(bool)
+
+
+def _check_salient(salient_idx: np.ndarray, k: int) -> np.ndarray:
+    idx = np.asarray(salient_idx, dtype=np.int64).reshape(-1)
+    if idx.size and (np.any(np.diff(idx) <= 0) or idx[0] < 0 or idx[-1] >= k):
+        raise ValueError(f"salient columns must be unique, ascending and in [0, {k}), got {idx.tolist()}")
+    if k > 65535:
+        raise ValueError(f"salient column indices are uint16: in_features {k} is too large")
+    return idx
+
+
+def pack_binary_split(*, signs: np.ndarray, residual_signs: np.ndarray, outer: np.ndarray, scales: np.ndarray,
+                      salient_idx: np.ndarray, block_size: int) -> PackedWeight:
+    """Pack an already binarized BiLLM-style layer.
+
+    signs [N, K] bool (True = +1), residual_signs [N, S] bool, outer [N, K] bool (ignored on salient
+    columns), scales [N, ceil(K / block_size), 4] float (a1, a2, a_concentrated, a_outer).
+    """
+    signs = np.asarray(signs, dtype=bool)
+    n, k = signs.shape
+    if block_size <= 0 or block_size % 8:
+        raise ValueError(f"block_size must be a positive multiple of 8, got {block_size}")
+    idx = _check_salient(salient_idx, k)
+    kp = padded_length(k, block_size)
+    if residual_signs.shape != (n, idx.size) or outer.shape != (n, k) or scales.shape != (n, kp // block_size, 4):
+        raise ValueError(f"binary_split parts do not fit a [{n}, {k}] weight with {idx.size} salient columns: "
+                         f"residual {residual_signs.shape}, outer {outer.shape}, scales {scales.shape}")
+    full_signs = np.zeros((n, kp), dtype=bool)
+    full_signs[:, :k] = signs
+    full_outer = np.zeros((n, kp), dtype=bool)
+    full_outer[:, :k] = outer
+    full_outer[:, idx] = False
+    with np.errstate(over="ignore"):
+        scales16 = np.asarray(scales, dtype=np.float32).astype(np.float16)
+    return PackedWeight("binary_split", {
+        "salient_idx": idx.astype(np.uint16), "bits": _bits(full_signs), "residual_bits": _bits(residual_signs),
+        "split_bits": _bits(full_outer), "scales": scales16}, {"in_features": k, "block_size": block_size,
+                                                               "salient": int(idx.size)}, n)
+
+
+def unpack_binary_split(packed: PackedWeight) -> np.ndarray:
+    k, b = packed.attrs["in_features"], packed.attrs["block_size"]
+    a = packed.arrays
+    idx = a["salient_idx"].astype(np.int64)
+    s1 = np.where(_unbits(a["bits"], k), 1.0, -1.0)
+    outer = _unbits(a["split_bits"], k)
+    scales = np.repeat(a["scales"].astype(np.float32), b, axis=1)[:, :k]  # [N, K, 4]
+    dense = s1 * np.where(outer, scales[:, :, 3], scales[:, :, 2])
+    if idx.size:
+        s2 = np.where(_unbits(a["residual_bits"], idx.size), 1.0, -1.0)
+        dense[:, idx] = scales[:, idx, 0] * s1[:, idx] + scales[:, idx, 1] * s2
+    return dense.astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------- haar_binary
+SCALE_CODE_STEPS_PER_OCTAVE = 16
+
+
+def haar_padded_length(k: int) -> int:
+    """Length of the Haar-domain vector for k non-salient inputs (both bands whole bytes)."""
+    return padded_length(max(k, 1), 16)
+
+
+def haar_forward(u: np.ndarray) -> np.ndarray:
+    """One-level orthonormal Haar transform along the last axis (length even): [low band, high band]."""
+    even, odd = u[..., 0::2], u[..., 1::2]
+    return np.concatenate([(even + odd), (even - odd)], axis=-1) / np.sqrt(2.0)
+
+
+def haar_inverse(h: np.ndarray) -> np.ndarray:
+    half = h.shape[-1] // 2
+    low, high = h[..., :half], h[..., half:]
+    out = np.empty_like(h)
+    out[..., 0::2] = (low + high) / np.sqrt(2.0)
+    out[..., 1::2] = (low - high) / np.sqrt(2.0)
+    return out
+
+
+def encode_log_scales(scales: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """8-bit log-coded scales: code = 255 + round(16 * log2(scale / base)), 0 for scales that round to 0."""
+    scales = np.asarray(scales, dtype=np.float64)
+    base = np.float32(scales.max()) if scales.size and scales.max() > 0 else np.float32(1.0)
+    with np.errstate(divide="ignore"):
+        codes = 255 + np.round(SCALE_CODE_STEPS_PER_OCTAVE * np.log2(scales / float(base)))
+    codes = np.where(scales > 0, np.clip(codes, 1, 255), 0)
+    return codes.astype(np.uint8), base
+
+
+def decode_log_scales(codes: np.ndarray, base) -> np.ndarray:
+    codes = np.asarray(codes)
+    values = np.float32(base) * np.exp2((codes.astype(np.float32) - 255.0) / SCALE_CODE_STEPS_PER_OCTAVE)
+    return np.where(codes == 0, 0.0, values).astype(np.float32)
+
+
+def haar_other_columns(k: int, salient_idx: np.ndarray) -> np.ndarray:
+    mask = np.ones(k, dtype=bool)
+    mask[np.asarray(salient_idx, dtype=np.int64)] = False
+    return np.flatnonzero(mask)
+
+
+def pack_haar_binary(*, haar_signs: np.ndarray, scale_codes: np.ndarray, scale_base: float, salient_idx: np.ndarray,
+                     salient_signs: np.ndarray, salient_residual_signs: np.ndarray, salient_scales: np.ndarray,
+                     in_features: int, group_size: int) -> PackedWeight:
+    """Pack an already binarized HBVLA-style layer (see the module docstring for every array)."""
+    k = in_features
+    idx = _check_salient(salient_idx, k)
+    haar_signs = np.asarray(haar_signs, dtype=bool)
+    n, kh = haar_signs.shape
+    if kh != haar_padded_length(k - idx.size):
+        raise ValueError(f"Haar-domain width must be {haar_padded_length(k - idx.size)} for {k - idx.size} "
+                         f"non-salient inputs, got {kh}")
+    if group_size <= 0 or group_size % 8 or kh % group_size:
+        raise ValueError(f"group_size must be a multiple of 8 dividing {kh}, got {group_size}")
+    if scale_codes.shape != (n, kh // group_size):
+        raise ValueError(f"scale_codes must be [{n}, {kh // group_size}], got {scale_codes.shape}")
+    s = idx.size
+    if salient_signs.shape != (n, s) or salient_residual_signs.shape != (n, s) or salient_scales.shape != (2, s):
+        raise ValueError(f"salient parts must be [{n}, {s}], [{n}, {s}], [2, {s}]; got {salient_signs.shape}, "
+                         f"{salient_residual_signs.shape}, {salient_scales.shape}")
+    return PackedWeight("haar_binary", {
+        "salient_idx": idx.astype(np.uint16), "salient_bits": _bits(np.asarray(salient_signs).T),
+        "salient_residual_bits": _bits(np.asarray(salient_residual_signs).T),
+        "salient_scales": np.asarray(salient_scales, dtype=np.float32).astype(np.float16),
+        "bits": _bits(haar_signs), "scale_codes": np.asarray(scale_codes, dtype=np.uint8),
+        "scale_base": np.array([scale_base], dtype=np.float32)},
+        {"in_features": k, "salient": int(s), "group_size": group_size}, n)
+
+
+def packed_nbytes(name: str, out_features: int, attrs: dict[str, int]) -> int:
+    """Storage of a packed weight from its shape and attributes alone (what a method's bit budget uses)."""
+    spec = get_format(name)
+    probe = PackedWeight(name, {}, dict(attrs), out_features)
+    sizes = {"salient_idx": 2, "scales": 2 if name != "binary_split" else 2, "salient_scales": 2, "values": 2,
+             "scale_base": 4}
+    return int(sum(np.prod(shape) * sizes.get(array, 1) for array, shape in expected_shapes(probe).items()
+                   if array in spec.array_names))
+
+
+def haar_binary_parts(packed: PackedWeight) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Haar-domain weight Wh [N, Kh], salient weight Ws [N, S], salient column indices)."""
+    a, g = packed.arrays, packed.attrs["group_size"]
+    kh = a["bits"].shape[1] * 8
+    scales = np.repeat(decode_log_scales(a["scale_codes"], a["scale_base"][0]), g, axis=1)
+    wh = np.where(_unbits(a["bits"], kh), 1.0, -1.0) * scales
+    s = packed.attrs["salient"]
+    n = packed.out_features
+    s1 = np.where(_unbits(a["salient_bits"], n).T, 1.0, -1.0).reshape(n, s)
+    s2 = np.where(_unbits(a["salient_residual_bits"], n).T, 1.0, -1.0).reshape(n, s)
+    sc = a["salient_scales"].astype(np.float32)
+    ws = sc[0] * s1 + sc[1] * s2
+    return wh.astype(np.float32), ws.astype(np.float32), a["salient_idx"].astype(np.int64)
+
+
+def unpack_haar_binary(packed: PackedWeight) -> np.ndarray:
+    k = packed.attrs["in_features"]
+    wh, ws, idx = haar_binary_parts(packed)
+    others = haar_other_columns(k, idx)
+    dense = np.zeros((packed.out_features, k), dtype=np.float32)
+    dense[:, others] = haar_inverse(wh.astype(np.float64))[:, : others.size]
+    dense[:, idx] = ws
+    return dense
+
+
+def haar_binary_matmul_ref(x: np.ndarray, packed: PackedWeight) -> np.ndarray:
+    """The kernel's way: transform the activations once, then two products (no dense weight)."""
+    x = np.asarray(x, dtype=np.float64)
+    k = packed.attrs["in_features"]
+    if x.shape[-1] != k:
+        raise ValueError(f"activation has {x.shape[-1]} features, the packed weight expects {k}")
+    wh, ws, idx = haar_binary_parts(packed)
+    others = haar_other_columns(k, idx)
+    u = np.zeros((*x.shape[:-1], wh.shape[1]))
+    u[..., : others.size] = x[..., others]
+    return (haar_forward(u) @ wh.T.astype(np.float64) + x[..., idx] @ ws.T.astype(np.float64)).astype(np.float32)
+
+
 # ------------------------------------------------------------------------------------------- registry
 REGISTRY: dict[str, FormatSpec] = {}
 
@@ -237,6 +454,15 @@ register(FormatSpec(name="binary", summary="1-bit sign x float16 scale per group
 register(FormatSpec(name="nm", summary="N:M structured sparsity: float16 kept values + packed indices",
                     array_names=("values", "indices"), attr_names=("in_features", "n", "m"),
                     pack=pack_nm, unpack=unpack_nm))
+register(FormatSpec(name="binary_split", summary="BiLLM-style: salient residual 1-bit + two-magnitude split",
+                    array_names=("salient_idx", "bits", "residual_bits", "split_bits", "scales"),
+                    attr_names=("in_features", "block_size", "salient"),
+                    pack=pack_binary_split, unpack=unpack_binary_split))
+register(FormatSpec(name="haar_binary", summary="HBVLA-style: salient residual 1-bit + Haar-domain group 1-bit",
+                    array_names=("salient_idx", "salient_bits", "salient_residual_bits", "salient_scales", "bits",
+                                 "scale_codes", "scale_base"),
+                    attr_names=("in_features", "salient", "group_size"),
+                    pack=pack_haar_binary, unpack=unpack_haar_binary, matmul_ref=haar_binary_matmul_ref))
 
 
 def get_format(name: str) -> FormatSpec:
@@ -270,4 +496,13 @@ def expected_shapes(packed: PackedWeight) -> dict[str, tuple[int, ...]]:
     if packed.format == "nm":
         fields = padded_length(a["in_features"], a["m"]) // a["m"] * a["n"]
         return {"values": (rows, fields), "indices": (rows, -(-fields * index_bits(a["m"]) // 8))}
+    if packed.format == "binary_split":
+        kp, s = padded_length(a["in_features"], a["block_size"]), a["salient"]
+        return {"salient_idx": (s,), "bits": (rows, kp // 8), "residual_bits": (rows, -(-s // 8)),
+                "split_bits": (rows, kp // 8), "scales": (rows, kp // a["block_size"], 4)}
+    if packed.format == "haar_binary":
+        kh, s = haar_padded_length(a["in_features"] - a["salient"]), a["salient"]
+        return {"salient_idx": (s,), "salient_bits": (s, -(-rows // 8)), "salient_residual_bits": (s, -(-rows // 8)),
+                "salient_scales": (2, s), "bits": (rows, kh // 8), "scale_codes": (rows, kh // a["group_size"]),
+                "scale_base": (1,)}
     raise KeyError(packed.format)

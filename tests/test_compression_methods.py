@@ -1,0 +1,264 @@
+"""Compression methods, step by step, against independent numpy references."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgevla.exporters import methods
+from edgevla.exporters.calibration import collect_layer_stats, damped_inverse_cholesky
+from edgevla.exporters.compress import compress
+from edgevla.runtime import formats
+
+
+def correlated_inputs(rows, k, seed=0):
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(k, k)) / np.sqrt(k)
+    x = rng.normal(size=(rows, k)) @ mix
+    x[:, :3] *= 8.0  # a few outlier input channels, as in transformer activations
+    return torch.tensor(x, dtype=torch.float32)
+
+
+def stats_for(x: torch.Tensor, n_out: int, seed: int = 0):
+    torch.manual_seed(seed)
+    layer = nn.Linear(x.shape[1], n_out)
+    model = nn.Sequential(layer)
+    return layer, collect_layer_stats(model, "0", [x], device=torch.device("cpu"))
+
+
+# ------------------------------------------------------------------------------------- Haar, scales
+@pytest.mark.parametrize("length", [2, 16, 160])
+def test_haar_round_trip_and_orthonormal(length):
+    u = np.random.default_rng(length).normal(size=(3, length))
+    h = formats.haar_forward(u)
+    np.testing.assert_allclose(formats.haar_inverse(h), u, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(h, axis=1), np.linalg.norm(u, axis=1))
+    # independent definition: pairwise sums and differences over sqrt(2)
+    for i in range(length // 2):
+        np.testing.assert_allclose(h[:, i], (u[:, 2 * i] + u[:, 2 * i + 1]) / np.sqrt(2))
+        np.testing.assert_allclose(h[:, length // 2 + i], (u[:, 2 * i] - u[:, 2 * i + 1]) / np.sqrt(2))
+    p = methods.haar_matrix(length).numpy()
+    np.testing.assert_allclose(p @ p.T, np.eye(length), atol=1e-12)
+    np.testing.assert_allclose(u @ p.T, h, atol=1e-12)
+
+
+def test_log_scale_codes():
+    scales = np.array([[1.0, 0.5, 0.0], [1e-6, 0.3, 0.999]])
+    codes, base = formats.encode_log_scales(scales)
+    decoded = formats.decode_log_scales(codes, base)
+    assert base == np.float32(1.0) and codes[0, 2] == 0 and decoded[0, 2] == 0
+    nonzero = scales > 1e-4
+    assert np.all(np.abs(decoded[nonzero] / scales[nonzero] - 1) <= 2 ** (1 / 32) - 1 + 1e-6)
+
+
+def test_haar_binary_kernel_form_equals_dense_form():
+    x = correlated_inputs(256, 40)
+    layer, stats = stats_for(x, 12)
+    packed = methods.hbvla(layer.weight.detach().double(), stats, salient_candidates=(0.05,), max_bits=2.0)
+    assert packed.attrs["salient"] == 2
+    xs = np.random.default_rng(1).normal(size=(5, 40)).astype(np.float32)
+    np.testing.assert_allclose(formats.get_format("haar_binary").matmul_ref(xs, packed),
+                               xs @ formats.unpack_haar_binary(packed).T, rtol=1e-4, atol=1e-4)
+    assert {k: v.shape for k, v in packed.arrays.items()} == formats.expected_shapes(packed)
+
+
+def test_binary_split_unpack_by_hand():
+    signs = np.array([[True, False, True, False, True, True, False, False]])
+    residual = np.array([[False]])
+    outer = np.array([[False, False, True, True, False, False, False, False]])
+    scales = np.array([[[2.0, 0.5, 0.1, 1.0]]])
+    packed = formats.pack_binary_split(signs=signs, residual_signs=residual, outer=outer, scales=scales,
+                                       salient_idx=np.array([0]), block_size=8)
+    expected = [2.0 - 0.5, -0.1, 1.0, -1.0, 0.1, 0.1, -0.1, -0.1]
+    np.testing.assert_allclose(formats.unpack_binary_split(packed)[0], expected, rtol=1e-3)  # float16 scales
+
+
+# ----------------------------------------------------------------------------- Hessian and sweeps
+def test_damped_inverse_cholesky():
+    x = correlated_inputs(300, 20).double()
+    h = 2 * x.T @ x / 300
+    u = damped_inverse_cholesky(h, 0.01)
+    damped = h + 0.01 * torch.diag(h).mean() * torch.eye(20, dtype=h.dtype)
+    np.testing.assert_allclose((u.T @ u).numpy(), torch.linalg.inv(damped).numpy(), rtol=1e-6, atol=1e-8)
+    assert torch.allclose(u, torch.triu(u))
+
+
+def test_obs_sweep_block_form_equals_plain_gptq():
+    """The 128-column lazy-update form must equal the textbook column-by-column update."""
+    x = correlated_inputs(400, 37)
+    layer, stats = stats_for(x, 9)
+    w = layer.weight.detach().double()
+    u = damped_inverse_cholesky(stats.hessian, 0.01)
+    step = 0.05
+
+    def rounding(j, col):
+        return torch.round(col / step) * step
+
+    q_block = methods.obs_sweep(w.clone(), u, rounding, block=8)
+    # numpy reference, one column at a time
+    wn, un = w.numpy().copy(), u.numpy()
+    qn = np.zeros_like(wn)
+    for j in range(wn.shape[1]):
+        qn[:, j] = np.round(wn[:, j] / step) * step
+        err = (wn[:, j] - qn[:, j]) / un[j, j]
+        wn[:, j + 1:] -= np.outer(err, un[j, j + 1:])
+    np.testing.assert_allclose(q_block.numpy(), qn, atol=1e-9)
+
+
+def test_salient_columns_match_numpy_score():
+    x = correlated_inputs(300, 30)
+    layer, stats = stats_for(x, 8)
+    w = layer.weight.detach().double()
+    u = damped_inverse_cholesky(stats.hessian, 0.01)
+    chosen = methods.salient_columns(w, u, 4).numpy()
+    hinv = np.linalg.inv(stats.hessian.numpy() + 0.01 * np.mean(np.diag(stats.hessian.numpy())) * np.eye(30))
+    score = (w.numpy() ** 2).sum(0) / np.diag(hinv) ** 2
+    np.testing.assert_array_equal(chosen, np.sort(np.argsort(-score)[:4]))
+
+
+def test_split_search_is_the_best_break_on_its_grid():
+    values = torch.tensor(np.random.default_rng(3).laplace(size=(6, 50)))
+    outer, p = methods._split_search(values, candidates=15)
+    mag = values.abs().numpy()
+
+    def error(break_point):
+        total = 0.0
+        for part in (mag > break_point, mag <= break_point):
+            alpha = (mag * part).sum(1) / np.maximum(part.sum(1), 1)
+            total += (((mag - alpha[:, None]) ** 2) * part).sum()
+        return total
+
+    grid = np.linspace(0.05 * mag.max(), 0.95 * mag.max(), 15)
+    assert error(p) <= min(error(g) for g in grid) + 1e-9
+    np.testing.assert_array_equal(outer.numpy(), mag > p)
+
+
+def test_output_error_is_exact():
+    x = correlated_inputs(200, 16)
+    layer, stats = stats_for(x, 5)
+    w = layer.weight.detach().double()
+    approx = w + 0.01 * torch.randn_like(w)
+    direct = torch.linalg.norm(x.double() @ (approx - w).T) / torch.linalg.norm(x.double() @ w.T + layer.bias.double())
+    assert stats.output_error(w, approx, layer.bias.detach()) == pytest.approx(float(direct), rel=1e-9)
+
+
+def test_policy_aware_weights_follow_the_action():
+    """Only token 0 reaches the action: the other tokens' rows get the floor weight."""
+
+    class ReadsFirstToken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(8, 8)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, tokens):
+            return self.head(self.proj(tokens)[:, 0])
+
+    torch.manual_seed(0)
+    model = ReadsFirstToken()
+    tokens = torch.randn(4, 5, 8)
+    stats = collect_layer_stats(model, "proj", [tokens], policy_aware=True, device=torch.device("cpu"))
+    first = tokens[:, 0].double()
+    others = tokens[:, 1:].reshape(-1, 8).double()
+    # weights: token-0 rows share the mass (mean 1 over all rows => each ~5), others are floored to 1e-3
+    moment_first = stats.second_moment - 1e-3 * others.T @ others
+    assert torch.allclose(moment_first / torch.trace(moment_first),
+                          (first.T @ first) / torch.trace(first.T @ first), atol=0.1)
+    assert stats.rows == pytest.approx(4 * 5, rel=0.01)
+
+
+# ------------------------------------------------------------------------------------ methods
+def weighted_error(stats, w, packed):
+    dense = torch.from_numpy(formats.get_format(packed.format).unpack(packed)).double()
+    return stats.output_error(w, dense, None)
+
+
+def test_hbvla_fits_the_bit_budget_and_beats_sign():
+    x = correlated_inputs(2000, 160, seed=4)
+    layer, stats = stats_for(x, 160)
+    w = layer.weight.detach().double()
+    h = methods.hbvla(w, stats)
+    assert h.bits_per_weight <= 1.1
+    s = methods.sign(w, stats, group_size=160)  # sign at its cheapest: 1.1 bits/weight
+    assert weighted_error(stats, w, h) < 0.8 * weighted_error(stats, w, s)
+    # BiLLM pays a split bit per weight on top of the sign: counted honestly it is a ~2.5-bit method here.
+    assert methods.billm(w, stats).bits_per_weight > 2.0
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8)])
+def test_nm_criteria(n, m):
+    x = correlated_inputs(500, 48, seed=n + m)
+    layer, stats = stats_for(x, 10)
+    w = layer.weight.detach().double()
+    errors = {}
+    for criterion in ("magnitude", "wanda", "sparsegpt"):
+        packed = methods.nm(w, stats, n=n, m=m, criterion=criterion)
+        dense = formats.unpack_nm(packed)
+        assert (np.count_nonzero(dense.reshape(10, -1, m), axis=2) <= n).all()
+        errors[criterion] = weighted_error(stats, w, packed)
+    # wanda's mask is the top-n of |w| * ||x_j|| (independent numpy computation)
+    score = np.abs(w.numpy()) * np.sqrt(np.diag(stats.second_moment.numpy()))
+    ref = np.zeros_like(score, dtype=bool)
+    for r, g in itertools.product(range(10), range(48 // m)):
+        ref[r, g * m + np.argsort(-score[r, g * m:(g + 1) * m], kind="stable")[:n]] = True
+    np.testing.assert_array_equal(formats.unpack_nm(methods.nm(w, stats, n=n, m=m, criterion="wanda")) != 0, ref)
+    assert errors["sparsegpt"] < errors["magnitude"]
+
+
+class PlainBlock(nn.Module):
+    """A pre-norm transformer block written with nn.Linear layers (the way most policy code is)."""
+
+    def __init__(self, width=64, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.up = nn.Linear(width, 4 * width)
+        self.down = nn.Linear(4 * width, width)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        att = torch.softmax(q @ k.transpose(-1, -2) / (c // self.heads) ** 0.5, -1)
+        x = x + self.proj((att @ v).transpose(1, 2).reshape(b, t, c))
+        return x + self.down(torch.nn.functional.gelu(self.up(self.norm2(x))))
+
+
+def test_methods_on_an_arbitrary_transformer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), PlainBlock(), PlainBlock(), nn.Linear(64, 3)).eval()
+    batches = [torch.randn(2, 6, 16) for _ in range(3)]
+    with torch.no_grad():
+        y_ref = model(batches[0])
+    for method, options in [("sign", {}), ("billm", {}), ("hbvla", {"max_bits": 1.3}),
+                            ("nm", {"criterion": "sparsegpt"})]:
+        result = compress(model, method, calibration=batches, **options)
+        names = {l.name for l in result.report.compressed}
+        assert names == {f"{i}.{n}" for i in (1, 2) for n in ("qkv", "proj", "up", "down")}, names
+        with torch.no_grad():
+            y = result.model(batches[0])
+        assert y.shape == y_ref.shape and torch.isfinite(y).all()
+        assert all(l.relative_error is not None and l.relative_error < 1.0 for l in result.report.compressed)
+
+
+def test_fused_torch_transformer_layers_are_kept_with_a_reason():
+    model = nn.Sequential(nn.Linear(16, 32), nn.TransformerEncoderLayer(32, 4, 64, batch_first=True),
+                          nn.Linear(32, 3)).eval()
+    result = compress(model, "sign", calibration=[torch.randn(2, 6, 16)])
+    kept = {l.name: l.note for l in result.report.layers if l.method == "kept"}
+    assert "TransformerEncoderLayer" in kept["1.linear1"] and "TransformerEncoderLayer" in kept["1.linear2"]
+    assert "MultiheadAttention" in kept["1.self_attn.out_proj"]
+    result.model(torch.randn(2, 6, 16))
+
+
+def test_method_errors():
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 4))
+    with pytest.raises(ValueError, match="needs calibration"):
+        compress(model, "hbvla", include=["1"])
+    with pytest.raises(ValueError, match="unknown N:M criterion"):
+        compress(model, "nm", include=["1"], criterion="random", calibration=[torch.zeros(2, 64)])
+    with pytest.raises(ValueError, match="layer '1'.*group_size"):
+        compress(model, "sign", include=["1"], group_size=12)
