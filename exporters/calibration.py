@@ -10,7 +10,7 @@ On a GPU (when torch sees one) the accumulation runs there.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -58,7 +58,7 @@ def collect_layer_stats(model: nn.Module, layer_name: str, calibration: Sequence
                         policy_aware: bool = False, device: torch.device | None = None) -> LayerStats:
     """Run the calibration batches through `model` and accumulate the statistics of `layer_name`'s input.
 
-    Policy-aware weighting (HBVLA-style): each input row r of the layer gets weight
+    Policy-aware weighting (HBVLA-style; the model's output must be batch-first): each input row r of the layer gets weight
     g_r = sum_a ||d action_a / d y_r||^2, the squared norm of the Jacobian of every action output with
     respect to that row's layer output y_r (exact: one backward pass per action entry). Rows that do not
     influence the action (for example tokens whose last-block MLP output is never read) get weight 0;
@@ -86,11 +86,14 @@ def collect_layer_stats(model: nn.Module, layer_name: str, calibration: Sequence
             try:
                 if policy_aware:
                     with torch.enable_grad():
-                        actions = _call(model, batch).reshape(-1)
+                        output = _call(model, batch)
+                        actions = output.reshape(output.shape[0], -1)
                         y = captured["y"]
                         weight = torch.zeros(y.shape[:-1], dtype=torch.float64, device=y.device)
-                        for a in range(actions.numel()):
-                            (grad,) = torch.autograd.grad(actions[a], y, retain_graph=True)
+                        # Samples of a batch are independent, so d(sum over the batch of action a)/dy gives
+                        # every sample's own gradient: one backward pass per action entry, not per sample.
+                        for a in range(actions.shape[1]):
+                            (grad,) = torch.autograd.grad(actions[:, a].sum(), y, retain_graph=True)
                             weight += grad.pow(2).sum(-1).to(torch.float64)
                 else:
                     with torch.no_grad():

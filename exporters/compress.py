@@ -107,8 +107,8 @@ def compress(model: nn.Module, method: str, *, calibration: Iterable | None = No
     include / exclude: fnmatch patterns on module names (e.g. "blocks.*"); with `include` given, exactly
         the matching Linear layers are compressed, otherwise the defaults of `default_targets`.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown compression method {method!r}; known methods: {sorted(METHODS)}")
+    if method not in METHOD_OPTIONS:
+        raise ValueError(f"unknown compression method {method!r}; known methods: {sorted(METHOD_OPTIONS)}")
     unknown = set(options) - METHOD_OPTIONS[method]
     if unknown:
         raise TypeError(f"method {method!r} got unknown options {sorted(unknown)}; "
@@ -137,6 +137,8 @@ def compress(model: nn.Module, method: str, *, calibration: Iterable | None = No
             kept[name] = "excluded by pattern"
 
     device = compute_device()
+    if method == "budget":
+        return _compress_to_budget(model, targets, kept, calibration, device, **options)
     report = CompressionReport()
     for name in targets:
         layer = model.get_submodule(name)
@@ -162,6 +164,80 @@ def compress(model: nn.Module, method: str, *, calibration: Iterable | None = No
         report.layers.append(LayerReport(name=name, shape=tuple(weight.shape), method=method,
                                          bits_per_weight=packed.bits_per_weight, relative_error=error,
                                          note=_layout_note(packed)))
+    for name, reason in kept.items():
+        layer = model.get_submodule(name)
+        report.layers.append(LayerReport(name=name, shape=tuple(layer.weight.shape), method="kept",
+                                         bits_per_weight=32.0, relative_error=None, note=reason))
+    return Compressed(model=model, report=report)
+
+
+def _compress_to_budget(model, targets, kept, calibration, device, *, candidates=None, budget_bytes=None,
+                        bits_per_weight=None, cost_table=None, budget_seconds=None) -> Compressed:
+    """ROCKET-style allocation: every candidate (method, options) is applied to every layer with the same
+    (uncompressed-model) statistics; a multiple-choice knapsack then picks one candidate per layer that
+    minimises the summed calibration NMSE under the byte budget (or the latency budget, from a cost table
+    of seconds per weight for each format, such as `edgevla bench kernels` measures)."""
+    from .methods import DEFAULT_BUDGET_CANDIDATES, solve_multiple_choice_knapsack
+
+    candidates = list(candidates or DEFAULT_BUDGET_CANDIDATES)
+    given = [x is not None for x in (budget_bytes, bits_per_weight, budget_seconds)]
+    if sum(given) != 1:
+        raise ValueError("budget needs exactly one of budget_bytes, bits_per_weight (average over the "
+                         "compressed layers) or budget_seconds (with cost_table)")
+    if budget_seconds is not None and not cost_table:
+        raise ValueError("budget_seconds needs cost_table={format name: seconds per weight}")
+    for cand_method, cand_options in candidates:
+        if cand_method not in METHODS or cand_method == "budget":
+            raise ValueError(f"budget candidate {cand_method!r} is not a compression method; known: {sorted(METHODS)}")
+        unknown = set(cand_options) - METHOD_OPTIONS[cand_method]
+        if unknown:
+            raise TypeError(f"budget candidate {cand_method!r} got unknown options {sorted(unknown)}")
+    options_per_layer, costs, errors = [], [], []
+    total_weights = 0
+    for name in targets:
+        layer = model.get_submodule(name)
+        weight = layer.weight.detach().to(device=device, dtype=torch.float64)
+        total_weights += weight.numel()
+        # Errors are always measured with the plain statistics so that candidates compare on one scale.
+        plain = collect_layer_stats(model, name, calibration, device=device)
+        aware = None
+        layer_options, layer_costs, layer_errors = [], [], []
+        for cand_method, cand_options in candidates:
+            stats = plain
+            if cand_method in POLICY_AWARE:
+                aware = aware or collect_layer_stats(model, name, calibration, policy_aware=True, device=device)
+                stats = aware
+            try:
+                packed = METHODS[cand_method](weight, stats, **cand_options)
+            except ValueError:
+                continue  # e.g. hbvla cannot meet its own bit budget on this shape: not a choice here
+            dense = torch.from_numpy(formats.get_format(packed.format).unpack(packed)).to(device).double()
+            error = plain.output_error(weight, dense, None if layer.bias is None else layer.bias.detach())
+            if budget_seconds is not None:
+                if packed.format not in cost_table:
+                    raise ValueError(f"cost_table has no entry for format {packed.format!r}")
+                cost = cost_table[packed.format] * weight.numel()
+            else:
+                cost = packed.nbytes
+            layer_options.append((cand_method, packed, error))
+            layer_costs.append(cost)
+            layer_errors.append(error ** 2)
+        if not layer_options:
+            raise ValueError(f"no budget candidate can compress layer {name!r}")
+        options_per_layer.append(layer_options)
+        costs.append(layer_costs)
+        errors.append(layer_errors)
+    budget = budget_seconds if budget_seconds is not None else (
+        budget_bytes if budget_bytes is not None else bits_per_weight * total_weights / 8.0)
+    chosen = solve_multiple_choice_knapsack(costs, errors, budget)
+    report = CompressionReport()
+    for name, layer_options, pick in zip(targets, options_per_layer, chosen):
+        cand_method, packed, error = layer_options[pick]
+        layer = model.get_submodule(name)
+        _set_submodule(model, name, packed_linear(packed, layer.bias, method=cand_method).to(layer.weight.device))
+        report.layers.append(LayerReport(name=name, shape=tuple(layer.weight.shape), method=cand_method,
+                                         bits_per_weight=packed.bits_per_weight, relative_error=error,
+                                         note=f"budget pick; {_layout_note(packed)}".rstrip("; ")))
     for name, reason in kept.items():
         layer = model.get_submodule(name)
         report.layers.append(LayerReport(name=name, shape=tuple(layer.weight.shape), method="kept",

@@ -155,8 +155,22 @@ def _hbvla_bits(n: int, k: int, salient: int, kh: int, group: int) -> float:
     return 8.0 * nbytes / (n * k)
 
 
+def _haar_round_error(w0, stats, order, s, q_sal, candidate, haar, kn, group_size) -> float:
+    """Calibration output error of one (signs, scales) choice for the Haar part (salient part fixed)."""
+    signs_h, scale_values = candidate
+    n, k = w0.shape
+    wh = torch.where(signs_h, 1.0, -1.0).to(w0) * scale_values.repeat_interleave(group_size, dim=1)
+    approx = torch.zeros_like(w0)
+    approx[:, order[:s]] = q_sal
+    approx[:, order[s:]] = (wh @ haar)[:, :kn]
+    delta = approx - w0
+    if stats is None:
+        return float((delta ** 2).sum())
+    return float(torch.einsum("ik,kl,il->", delta, stats.second_moment.to(w0), delta))
+
+
 def _hbvla_once(w0: torch.Tensor, stats: LayerStats | None, salient_count: int, group_size: int | None,
-                damping: float, max_bits: float) -> tuple[formats.PackedWeight, float]:
+                damping: float, max_bits: float, rounds: int = 3) -> tuple[formats.PackedWeight, float]:
     w = w0.clone()
     n, k = w.shape
     factor = _hinv_factor(stats, k, w, damping)
@@ -204,23 +218,35 @@ def _hbvla_once(w0: torch.Tensor, stats: LayerStats | None, salient_count: int, 
         h_rest[:kn, :kn] = torch.eye(kn, dtype=w.dtype, device=w.device)
     h_haar = haar @ h_rest @ haar.T
     f_haar = damped_inverse_cholesky(h_haar, damping).to(w)
-    codes = torch.zeros(n, kh // group_size, dtype=torch.uint8)
     group_scale = torch.zeros(n, dtype=w.dtype, device=w.device)
     scale_values = torch.zeros(n, kh // group_size, dtype=w.dtype, device=w.device)
+    signs_h = torch.zeros(n, kh, dtype=torch.bool, device=w.device)
+    fixed_scales: list[torch.Tensor | None] = [None]
 
     def start_block(j0, current):
-        group_scale.copy_(current.abs().mean(1))
-        scale_values[:, j0 // group_size] = group_scale
+        # First round: mean |w| of the error-updated group; later rounds: the refitted scale, held fixed.
+        g = j0 // group_size
+        group_scale.copy_(current.abs().mean(1) if fixed_scales[0] is None else fixed_scales[0][:, g])
+        scale_values[:, g] = group_scale
 
-    signs_h = torch.zeros(n, kh, dtype=torch.bool, device=w.device)
-
-    # Scales are known only after the sweep (they are log-coded once at the end): quantize with the
-    # float scale here, then re-derive the coded scale below; the rounding of a 4.4% log step is small.
     def quantize_column(j, column):
         signs_h[:, j] = column >= 0
         return group_scale * torch.where(column >= 0, 1.0, -1.0).to(column)
 
-    obs_sweep(wh, f_haar, quantize_column, block=group_size, start_block=start_block)
+    # Alternate: signs by the error-feedback sweep for given scales, then the output-optimal scales for
+    # those signs (a few rounds; each round can only lower the calibration error it is scored on).
+    best_round = None
+    for _ in range(rounds if stats is not None else 1):
+        obs_sweep(wh.clone(), f_haar, quantize_column, block=group_size, start_block=start_block)
+        if stats is not None:
+            scale_values = _refit_group_scales(w0, stats.hessian.to(w), order, s, q_sal, signs_h, haar, kn,
+                                               group_size, scale_values)
+        candidate = (signs_h.clone(), scale_values.clone())
+        error = _haar_round_error(w0, stats, order, s, q_sal, candidate, haar, kn, group_size)
+        if best_round is None or error < best_round[0]:
+            best_round = (error, candidate)
+        fixed_scales[0] = scale_values.clone()
+    signs_h, scale_values = best_round[1]
     code_np, base = formats.encode_log_scales(_np(scale_values))
     packed = formats.pack_haar_binary(
         haar_signs=_np(signs_h), scale_codes=code_np, scale_base=float(base), salient_idx=_np(salient),
@@ -234,8 +260,37 @@ def _hbvla_once(w0: torch.Tensor, stats: LayerStats | None, salient_count: int, 
     return packed, float(err)
 
 
+def _refit_group_scales(w0, h, order, s, q_sal, signs_h, haar, kn, group_size, fallback):
+    """With every sign fixed, the group scales that minimise the layer's output error given the quantized
+    salient part: per row, solve (V^T H V) a = V^T H (w - q_salient), where column g of V is group g's
+    +-1 pattern mapped back from the Haar domain into the non-salient input columns. Negative or singular
+    solutions keep the sweep's scale."""
+    n, k = w0.shape
+    kh = signs_h.shape[1]
+    groups = kh // group_size
+    pattern = torch.where(signs_h, 1.0, -1.0).to(w0).reshape(n, groups, group_size)
+    back = torch.zeros(n, groups, kh, dtype=w0.dtype, device=w0.device)
+    for g in range(groups):
+        back[:, g, g * group_size:(g + 1) * group_size] = pattern[:, g]
+    back = back @ haar  # inverse Haar (P is orthonormal): [N, G, Kh]
+    v = torch.zeros(n, groups, k, dtype=w0.dtype, device=w0.device)
+    v[:, :, order[s:]] = back[:, :, :kn]
+    target = w0.clone()
+    target[:, order[:s]] -= q_sal
+    target[:, order[s:]] = w0[:, order[s:]]
+    hv = v @ h  # [N, G, K]
+    gram = hv @ v.transpose(1, 2)  # [N, G, G]
+    rhs = (hv @ target[:, :, None])[:, :, 0]
+    gram += 1e-9 * gram.diagonal(dim1=1, dim2=2).mean(-1, keepdim=True)[:, :, None] * torch.eye(
+        groups, dtype=w0.dtype, device=w0.device)
+    solved = torch.linalg.solve(gram, rhs)
+    ok = torch.isfinite(solved) & (solved > 0)
+    return torch.where(ok, solved, fallback)
+
+
 def hbvla(weight: torch.Tensor, stats: LayerStats | None, *, max_bits: float = 1.1, group_size: int | None = None,
-          salient_candidates: tuple[float, ...] = (0.0, 0.005, 0.01, 0.02, 0.04), damping: float = 0.01):
+          salient_candidates: tuple[float, ...] = (0.0, 0.005, 0.01, 0.02, 0.04), damping: float = 0.01,
+          rounds: int = 3):
     """HBVLA-style 1-bit (see `_hbvla_once`): tries a few salient-column counts and keeps the one with the
     lowest (policy-weighted) output error whose storage fits `max_bits` bits per weight."""
     n, k = weight.shape
@@ -249,7 +304,7 @@ def hbvla(weight: torch.Tensor, stats: LayerStats | None, *, max_bits: float = 1
         kh = formats.haar_padded_length(k - count)
         if _hbvla_bits(n, k, count, kh, kh) > max_bits and count > 0:
             continue
-        packed, err = _hbvla_once(weight, stats, count, group_size, damping, max_bits)
+        packed, err = _hbvla_once(weight, stats, count, group_size, damping, max_bits, rounds)
         if best is None or err < best[1]:
             best = (packed, err)
     return best[0]
@@ -306,12 +361,141 @@ def nm(weight: torch.Tensor, stats: LayerStats | None, *, n: int = 2, m: int = 4
     return formats.pack_nm(_np(q).astype(np.float32), n=n, m=m, mask=_np(mask))
 
 
-METHODS: dict[str, Callable] = {"sign": sign, "billm": billm, "hbvla": hbvla, "nm": nm}
+# ------------------------------------------------------------------------------------ dense_sparse
+def _omp_columns(dictionary: torch.Tensor, w: torch.Tensor, nonzeros: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orthogonal matching pursuit for every column of w at once: (atom indices [K, s], values [K, s])."""
+    n, k = w.shape
+    norms = dictionary.norm(dim=0).clamp_min(1e-12)
+    chosen = torch.zeros(k, 0, dtype=torch.long, device=w.device)
+    residual = w.clone()
+    values = torch.zeros(k, 0, dtype=w.dtype, device=w.device)
+    for _ in range(nonzeros):
+        corr = ((dictionary / norms).T @ residual).abs()  # [A, K]
+        if chosen.shape[1]:
+            corr.scatter_(0, chosen.T, -1.0)
+        chosen = torch.cat([chosen, corr.argmax(0)[:, None]], dim=1)
+        atoms = dictionary[:, chosen].permute(1, 0, 2)  # [K, N, t]
+        values = torch.linalg.lstsq(atoms, w.T[:, :, None]).solution[:, :, 0]  # [K, t]
+        residual = w - torch.einsum("knt,kt->nk", atoms, values)
+    return chosen, values
+
+
+def dense_sparse(weight: torch.Tensor, stats: LayerStats | None, *, atoms: int | None = None, nonzeros: int = 4,
+                 iterations: int = 10):
+    """W ~ D S (CoSpaDi style): D [N, A] dense atoms, S [A, K] with `nonzeros` entries per column.
+
+    Alternates: S by orthogonal matching pursuit per input column (the column's error is weighted by its
+    activation energy H_jj, a constant per column, so OMP's choice is unchanged); D in closed form for the
+    calibration-output error tr((W - D S) H (W - D S)^T): D = W H S^T (S H S^T)^-1. Keeps the best iterate.
+    """
+    w = weight
+    n, k = w.shape
+    atoms = atoms or max(nonzeros, k // 4)
+    if not (0 < nonzeros <= atoms):
+        raise ValueError(f"need 0 < nonzeros <= atoms, got nonzeros={nonzeros}, atoms={atoms}")
+    h = stats.hessian.to(w) if stats is not None else torch.eye(k, dtype=w.dtype, device=w.device)
+    h = h + 1e-6 * torch.diag(h).mean() * torch.eye(k, dtype=w.dtype, device=w.device)
+    scale = torch.sqrt(torch.diag(h).clamp_min(1e-12))
+    u, sv, _ = torch.linalg.svd(w * scale[None, :], full_matrices=False)
+    dictionary = u[:, :atoms] * sv[:atoms] / sv[:atoms].mean()
+    best = None
+    for _ in range(max(1, iterations)):
+        idx, values = _omp_columns(dictionary, w, nonzeros)
+        sparse = torch.zeros(atoms, k, dtype=w.dtype, device=w.device)
+        sparse.scatter_(0, idx.T, values.T)
+        delta = w - dictionary @ sparse
+        error = float(torch.einsum("ik,kl,il->", delta, h, delta))
+        if best is None or error < best[0]:
+            best = (error, dictionary.clone(), idx.clone(), values.clone())
+        gram = sparse @ h @ sparse.T
+        gram += 1e-8 * torch.trace(gram) / atoms * torch.eye(atoms, dtype=w.dtype, device=w.device)
+        dictionary = torch.linalg.solve(gram, (w @ h @ sparse.T).T).T
+    _, dictionary, idx, values = best
+    return formats.pack_dense_sparse(dictionary=_np(dictionary), values=_np(values), atom_idx=_np(idx))
+
+
+# ------------------------------------------------------------------------------------ group_sparse
+def group_sparse(weight: torch.Tensor, stats: LayerStats | None, *, group: int = 4, sparsity: float = 0.5):
+    """Row-balanced fine-grained group sparsity (SparseByteNN style): each row keeps the same number of
+    groups of `group` consecutive inputs, those with the largest sum of w^2 * H_jj (w^2 without data);
+    with calibration data the kept weights are then updated (OBS) to compensate for the pruned ones."""
+    if not (0.0 <= sparsity < 1.0):
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    n, k = weight.shape
+    kp = formats.padded_length(k, group)
+    energy = weight.pow(2)
+    if stats is not None:
+        energy = energy * torch.diag(stats.hessian).to(weight)[None, :]
+    padded = torch.zeros(n, kp, dtype=weight.dtype, device=weight.device)
+    padded[:, :k] = energy
+    score = padded.reshape(n, kp // group, group).sum(2)
+    kept = max(1, int(round((1.0 - sparsity) * (kp // group))))
+    order = torch.argsort(-score, dim=1, stable=True)[:, :kept]
+    keep = torch.zeros_like(score, dtype=torch.bool)
+    keep.scatter_(1, order, True)
+    values = weight
+    if stats is not None:  # OBS: zero the pruned weights one column at a time and compensate the rest
+        mask = keep.repeat_interleave(group, dim=1)[:, :k]
+        factor = damped_inverse_cholesky(stats.hessian.to(weight), 0.01).to(weight)
+        values = obs_sweep(weight.clone(), factor, lambda j, col: torch.where(mask[:, j], col, torch.zeros_like(col)))
+    return formats.pack_group_sparse(_np(values).astype(np.float32), group=group, keep=_np(keep))
+
+
+# ------------------------------------------------------------------------------------------ budget
+def solve_multiple_choice_knapsack(costs: list[list[float]], errors: list[list[float]], budget: float,
+                                   resolution: int = 2000) -> list[int]:
+    """Pick one option per layer minimising the summed error with summed cost <= budget (ROCKET's
+    allocation). Dynamic programming over costs rounded up to budget/resolution units, so a returned
+    choice always fits the budget. Raises if even the cheapest choices do not fit."""
+    if budget <= 0:
+        raise ValueError(f"budget must be positive, got {budget}")
+    unit = budget / resolution
+    int_costs = [[math.ceil(c / unit - 1e-9) for c in layer] for layer in costs]
+    infinity = float("inf")
+    best = [0.0] + [infinity] * resolution  # best[c]: least summed error with exactly c cost units used
+    picks: list[list[int]] = []  # picks[layer][c]: the option that reached state c at that layer
+    for layer_costs, layer_errors in zip(int_costs, errors):
+        new = [infinity] * (resolution + 1)
+        pick = [-1] * (resolution + 1)
+        for c, so_far in enumerate(best):
+            if so_far == infinity:
+                continue
+            for option, (cost, error) in enumerate(zip(layer_costs, layer_errors)):
+                total = c + cost
+                if total <= resolution and so_far + error < new[total]:
+                    new[total], pick[total] = so_far + error, option
+        picks.append(pick)
+        best = new
+    end = min(range(resolution + 1), key=lambda c: best[c])
+    if best[end] == infinity:
+        cheapest = sum(min(layer) for layer in costs)
+        raise ValueError(f"budget {budget:g} is below the cheapest possible choice ({cheapest:g})")
+    selected = []
+    for pick, layer_costs in zip(reversed(picks), reversed(int_costs)):
+        option = pick[end]
+        selected.append(option)
+        end -= layer_costs[option]
+    return selected[::-1]
+
+
+DEFAULT_BUDGET_CANDIDATES = (
+    ("hbvla", {}),
+    ("nm", {"n": 1, "m": 4, "criterion": "sparsegpt"}),
+    ("nm", {"n": 2, "m": 4, "criterion": "sparsegpt"}),
+    ("nm", {"n": 4, "m": 8, "criterion": "sparsegpt"}),
+)
+
+
+METHODS: dict[str, Callable] = {"sign": sign, "billm": billm, "hbvla": hbvla, "nm": nm,
+                                "dense_sparse": dense_sparse, "group_sparse": group_sparse}
 METHOD_OPTIONS: dict[str, set[str]] = {
     "sign": {"group_size"},
     "billm": {"block_size", "salient_fraction", "damping"},
-    "hbvla": {"max_bits", "group_size", "salient_candidates", "damping"},
+    "hbvla": {"max_bits", "group_size", "salient_candidates", "damping", "rounds"},
     "nm": {"n", "m", "criterion", "damping"},
+    "dense_sparse": {"atoms", "nonzeros", "iterations"},
+    "group_sparse": {"group", "sparsity"},
+    "budget": {"candidates", "budget_bytes", "bits_per_weight", "cost_table", "budget_seconds"},
 }
-NEEDS_CALIBRATION = {"billm", "hbvla"}
+NEEDS_CALIBRATION = {"billm", "hbvla", "dense_sparse", "budget"}
 POLICY_AWARE = {"hbvla"}

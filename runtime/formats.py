@@ -57,6 +57,20 @@ haar_binary (HBVLA style: salient columns kept with residual binarization, the r
             y = haar(x_others) @ Wh.T + x[salient] @ Ws.T: no dense weight is ever formed.
     value   Wh[n, j] = scale(n, j // G) * s;  W[n, others] = inverse_haar(Wh[n])[:Kn];
             W[n, salient_j] = salient_scales[0, j] * s1 + salient_scales[1, j] * s2.
+
+dense_sparse (CoSpaDi / DSFormer style: W = D S, D dense, S column-sparse)
+    arrays  dictionary float16 [N, A]        A dense atoms (columns of D).
+            values     float16 [K, s]        column j of S has s nonzeros: values[j] ...
+            atom_idx   uint8   [K, s]        ... at atoms atom_idx[j] (uint16 when A > 256).
+    attrs   in_features K, atoms A, nonzeros s.
+    value   W[:, j] = sum_t dictionary[:, atom_idx[j, t]] * values[j, t].
+            A kernel computes z = x S^T (s multiply-adds per input) then y = z D^T (A x N).
+
+group_sparse (SparseByteNN style: fine-grained groups of g consecutive inputs, row-balanced)
+    arrays  values    float16 [N, r * g]    the r kept groups of each row, g weights each, in index order.
+            group_idx uint16  [N, r]        ascending group numbers (group q covers inputs q*g .. q*g+g-1).
+    attrs   in_features K, group g, kept r.  Kp = ceil(K / g) * g, padded weights are 0.
+    value   W[n, group_idx[n, i] * g + t] = values[n, i * g + t]; all other weights are 0.
 """
 
 from __future__ import annotations
@@ -72,7 +86,8 @@ __all__ = ["FORMAT_VERSION", "PackedWeight", "FormatSpec", "REGISTRY", "register
            "pack_binary", "unpack_binary", "pack_nm", "unpack_nm", "nm_keep_mask", "nm_unpack_indices",
            "pack_binary_split", "unpack_binary_split", "pack_haar_binary", "unpack_haar_binary",
            "haar_binary_parts", "haar_forward", "haar_inverse", "haar_padded_length", "haar_other_columns",
-           "encode_log_scales", "decode_log_scales", "packed_nbytes"]
+           "encode_log_scales", "decode_log_scales", "packed_nbytes", "pack_dense_sparse", "unpack_dense_sparse",
+           "pack_group_sparse", "unpack_group_sparse"]
 
 FORMAT_VERSION = 1  # bumped whenever any layout below changes; recorded in exported files and bundles
 
@@ -393,8 +408,8 @@ def packed_nbytes(name: str, out_features: int, attrs: dict[str, int]) -> int:
     """Storage of a packed weight from its shape and attributes alone (what a method's bit budget uses)."""
     spec = get_format(name)
     probe = PackedWeight(name, {}, dict(attrs), out_features)
-    sizes = {"salient_idx": 2, "scales": 2 if name != "binary_split" else 2, "salient_scales": 2, "values": 2,
-             "scale_base": 4}
+    sizes = {"salient_idx": 2, "scales": 2, "salient_scales": 2, "values": 2, "scale_base": 4, "dictionary": 2,
+             "group_idx": 2, "atom_idx": 1 if attrs.get("atoms", 0) <= 256 else 2}
     return int(sum(np.prod(shape) * sizes.get(array, 1) for array, shape in expected_shapes(probe).items()
                    if array in spec.array_names))
 
@@ -437,6 +452,60 @@ def haar_binary_matmul_ref(x: np.ndarray, packed: PackedWeight) -> np.ndarray:
     return (haar_forward(u) @ wh.T.astype(np.float64) + x[..., idx] @ ws.T.astype(np.float64)).astype(np.float32)
 
 
+# ------------------------------------------------------------------------------------ dense_sparse
+def pack_dense_sparse(*, dictionary: np.ndarray, values: np.ndarray, atom_idx: np.ndarray) -> PackedWeight:
+    dictionary = np.asarray(dictionary, dtype=np.float32)
+    n, atoms = dictionary.shape
+    k, nonzeros = np.asarray(values).shape
+    atom_idx = np.asarray(atom_idx)
+    if atom_idx.shape != (k, nonzeros) or atom_idx.min(initial=0) < 0 or atom_idx.max(initial=0) >= atoms:
+        raise ValueError(f"atom_idx must be [{k}, {nonzeros}] with entries in [0, {atoms}), got {atom_idx.shape}")
+    index_dtype = np.uint8 if atoms <= 256 else np.uint16
+    return PackedWeight("dense_sparse", {"dictionary": dictionary.astype(np.float16),
+                                         "values": np.asarray(values, dtype=np.float32).astype(np.float16),
+                                         "atom_idx": atom_idx.astype(index_dtype)},
+                        {"in_features": k, "atoms": atoms, "nonzeros": nonzeros}, n)
+
+
+def unpack_dense_sparse(packed: PackedWeight) -> np.ndarray:
+    a = packed.arrays
+    k, atoms = packed.attrs["in_features"], packed.attrs["atoms"]
+    sparse = np.zeros((atoms, k), dtype=np.float32)
+    cols = np.repeat(np.arange(k), packed.attrs["nonzeros"])
+    np.add.at(sparse, (a["atom_idx"].reshape(-1).astype(np.int64), cols), a["values"].reshape(-1).astype(np.float32))
+    return (a["dictionary"].astype(np.float32) @ sparse).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------ group_sparse
+def pack_group_sparse(weight: np.ndarray, *, group: int, keep: np.ndarray) -> PackedWeight:
+    """keep: bool [N, ceil(K / group)] with the same number of True per row."""
+    weight = _check_weight(weight)
+    n, k = weight.shape
+    kp = padded_length(k, group)
+    keep = np.asarray(keep, dtype=bool)
+    if keep.shape != (n, kp // group):
+        raise ValueError(f"keep must be [{n}, {kp // group}], got {keep.shape}")
+    per_row = keep.sum(1)
+    if np.any(per_row != per_row[0]):
+        raise ValueError("group_sparse is row-balanced: every row must keep the same number of groups")
+    padded = np.zeros((n, kp), dtype=np.float32)
+    padded[:, :k] = weight
+    idx = np.nonzero(keep)[1].reshape(n, -1)
+    values = np.take_along_axis(padded.reshape(n, kp // group, group), idx[:, :, None], axis=1).reshape(n, -1)
+    return PackedWeight("group_sparse", {"values": values.astype(np.float16), "group_idx": idx.astype(np.uint16)},
+                        {"in_features": k, "group": group, "kept": int(per_row[0]) if n else 0}, n)
+
+
+def unpack_group_sparse(packed: PackedWeight) -> np.ndarray:
+    k, g = packed.attrs["in_features"], packed.attrs["group"]
+    n = packed.out_features
+    kp = padded_length(k, g)
+    idx = packed.arrays["group_idx"].astype(np.int64)
+    dense = np.zeros((n, kp // g, g), dtype=np.float32)
+    np.put_along_axis(dense, idx[:, :, None], packed.arrays["values"].astype(np.float32).reshape(n, -1, g), axis=1)
+    return dense.reshape(n, kp)[:, :k]
+
+
 # ------------------------------------------------------------------------------------------- registry
 REGISTRY: dict[str, FormatSpec] = {}
 
@@ -463,6 +532,12 @@ register(FormatSpec(name="haar_binary", summary="HBVLA-style: salient residual 1
                                  "scale_codes", "scale_base"),
                     attr_names=("in_features", "salient", "group_size"),
                     pack=pack_haar_binary, unpack=unpack_haar_binary, matmul_ref=haar_binary_matmul_ref))
+register(FormatSpec(name="dense_sparse", summary="W = D S: float16 dictionary x column-sparse codes",
+                    array_names=("dictionary", "values", "atom_idx"), attr_names=("in_features", "atoms", "nonzeros"),
+                    pack=pack_dense_sparse, unpack=unpack_dense_sparse))
+register(FormatSpec(name="group_sparse", summary="row-balanced sparsity in groups of g consecutive inputs",
+                    array_names=("values", "group_idx"), attr_names=("in_features", "group", "kept"),
+                    pack=pack_group_sparse, unpack=unpack_group_sparse))
 
 
 def get_format(name: str) -> FormatSpec:
@@ -505,4 +580,9 @@ def expected_shapes(packed: PackedWeight) -> dict[str, tuple[int, ...]]:
         return {"salient_idx": (s,), "salient_bits": (s, -(-rows // 8)), "salient_residual_bits": (s, -(-rows // 8)),
                 "salient_scales": (2, s), "bits": (rows, kh // 8), "scale_codes": (rows, kh // a["group_size"]),
                 "scale_base": (1,)}
+    if packed.format == "dense_sparse":
+        return {"dictionary": (rows, a["atoms"]), "values": (a["in_features"], a["nonzeros"]),
+                "atom_idx": (a["in_features"], a["nonzeros"])}
+    if packed.format == "group_sparse":
+        return {"values": (rows, a["kept"] * a["group"]), "group_idx": (rows, a["kept"])}
     raise KeyError(packed.format)

@@ -65,6 +65,15 @@ def _run(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    if args.suite == "fidelity":
+        from .bench.fidelity import run_fidelity
+
+        run_fidelity(episodes=args.episodes, calibration_samples=args.calibration,
+                     json_path=Path(args.json) if args.json else None, progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgevla", description="Compressed VLA policies from PyTorch to a robot.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -76,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the results as JSON to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
+
+    p = verbs.add_parser("bench", help="benchmarks that print ratios measured side by side in one run")
+    p.add_argument("suite", choices=["fidelity"], help="fidelity: closed-loop success, bits/weight, bytes and layer "
+                                                      "error of every compression method on the reach policy")
+    p.add_argument("--episodes", type=int, default=100, help="held-out episodes per method (default 100)")
+    p.add_argument("--calibration", type=int, default=512, help="calibration samples (default 512)")
+    p.add_argument("--json", help="also write the rows as JSON to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_bench)
 
     p = verbs.add_parser("compile", help="compile an ONNX file for a target into a bundle directory")
     p.add_argument("model", help="ONNX file (static shapes)")

@@ -30,8 +30,9 @@ class VariantResult:
     safe_action_events: int
 
 
-def calibration_inputs(samples: int, seed: int = 7):
-    """Observations from expert rollouts on training-side seeds (never the held-out evaluation seeds)."""
+def calibration_inputs(samples: int, seed: int = 7, batch_size: int = 1):
+    """Observations from expert rollouts on training-side seeds (never the held-out evaluation seeds),
+    as model-input tuples of `batch_size` samples."""
     import torch
 
     from edgevla.runtime.robots.sim_reach import SimReach, expert_action
@@ -49,6 +50,9 @@ def calibration_inputs(samples: int, seed: int = 7):
                 robot.act(expert_action(robot.ee_position(), robot.target_position()))
     finally:
         robot.close()
+    if batch_size > 1:
+        batches = [tuple(torch.cat(parts) for parts in zip(*batches[i:i + batch_size]))
+                   for i in range(0, len(batches), batch_size)]
     return batches
 
 
@@ -116,13 +120,13 @@ def run_demo(*, episodes: int = 50, workdir: Path = Path("artifacts/demo"), grou
     torch.set_num_threads(1)
 
     print("[2/5] compress: 1-bit sign x per-group scale on the transformer Linear layers", flush=True)
-    calibration = calibration_inputs(64)
+    calibration = calibration_inputs(64, batch_size=16)
     compressed = compress(model, "sign", calibration=calibration, include=["blocks.*"], group_size=group_size)
     print(f"      {len(compressed.report.compressed)} layers at "
           f"{compressed.report.mean_bits_per_weight():.3f} bits/weight", flush=True)
 
     print("[3/5] export ONNX (fp32 and 1-bit with ai.edgevla::BinaryMatMul)", flush=True)
-    example = calibration[0]
+    example = tuple(t[:1] for t in calibration[0])
     fp32_path, binary_path = workdir / "reach_fp32.onnx", workdir / "reach_binary.onnx"
     export(model, example, fp32_path, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES)
     export(compressed.model, example, binary_path, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES)

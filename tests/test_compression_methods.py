@@ -262,3 +262,72 @@ def test_method_errors():
         compress(model, "nm", include=["1"], criterion="random", calibration=[torch.zeros(2, 64)])
     with pytest.raises(ValueError, match="layer '1'.*group_size"):
         compress(model, "sign", include=["1"], group_size=12)
+
+
+# ------------------------------------------------------------------------------ more families
+def test_dense_sparse_fits_calibration_and_structure():
+    x = correlated_inputs(800, 48, seed=9)
+    layer, stats = stats_for(x, 32)
+    w = layer.weight.detach().double()
+    packed = methods.dense_sparse(w, stats, atoms=16, nonzeros=3)
+    assert packed.arrays["dictionary"].shape == (32, 16) and packed.arrays["atom_idx"].shape == (48, 3)
+    err = weighted_error(stats, w, packed)
+    one_iteration = weighted_error(stats, w, methods.dense_sparse(w, stats, atoms=16, nonzeros=3, iterations=1))
+    assert err <= one_iteration + 1e-9 and err < 0.6
+    # every input column uses exactly 3 atoms (independent decoding)
+    sparse = np.zeros((16, 48))
+    for j in range(48):
+        for t in range(3):
+            sparse[packed.arrays["atom_idx"][j, t], j] += float(packed.arrays["values"][j, t])
+    np.testing.assert_allclose(formats.unpack_dense_sparse(packed),
+                               packed.arrays["dictionary"].astype(np.float64) @ sparse, rtol=1e-4, atol=1e-5)
+
+
+def test_group_sparse_keeps_the_most_energetic_groups():
+    w = torch.zeros(2, 12, dtype=torch.float64)
+    w[0, 4:8] = 1.0
+    w[0, 0] = 0.5
+    w[1, 8:12] = -2.0
+    w[1, 1] = 0.1
+    packed = methods.group_sparse(w, None, group=4, sparsity=0.5)  # 3 groups of 4 -> keep 2 (rounded)
+    np.testing.assert_array_equal(packed.arrays["group_idx"], [[0, 1], [0, 2]])
+    np.testing.assert_allclose(formats.unpack_group_sparse(packed), w.numpy(), atol=1e-3)
+
+
+def brute_force_knapsack(costs, errors, budget):
+    best = None
+    for choice in itertools.product(*(range(len(c)) for c in costs)):
+        cost = sum(costs[i][o] for i, o in enumerate(choice))
+        error = sum(errors[i][o] for i, o in enumerate(choice))
+        if cost <= budget and (best is None or error < best[0]):
+            best = (error, list(choice))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_knapsack_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    layers = rng.integers(2, 5)
+    costs = [list(rng.integers(1, 10, size=rng.integers(2, 4)).astype(float)) for _ in range(layers)]
+    errors = [list(rng.random(len(c))) for c in costs]
+    budget = float(sum(min(c) for c in costs) + rng.integers(0, 8))
+    expected_error, _ = brute_force_knapsack(costs, errors, budget)
+    chosen = methods.solve_multiple_choice_knapsack(costs, errors, budget, resolution=int(budget))
+    assert sum(costs[i][o] for i, o in enumerate(chosen)) <= budget
+    assert sum(errors[i][o] for i, o in enumerate(chosen)) == pytest.approx(expected_error)
+    with pytest.raises(ValueError, match="below the cheapest"):
+        methods.solve_multiple_choice_knapsack(costs, errors, sum(min(c) for c in costs) - 0.5)
+
+
+def test_budget_method_respects_the_byte_budget():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(16, 64), PlainBlock(), nn.Linear(64, 3)).eval()
+    batches = [torch.randn(4, 6, 16) for _ in range(2)]
+    candidates = [("sign", {"group_size": 64}), ("nm", {"n": 2, "m": 4, "criterion": "sparsegpt"})]
+    for bits in (1.3, 4.0, 9.5):
+        result = compress(model, "budget", calibration=batches, candidates=candidates, bits_per_weight=bits)
+        assert result.report.mean_bits_per_weight() <= bits + 1e-9
+    picks = {l.method for l in result.report.compressed}
+    assert picks == {"nm"}  # with room for 2:4 everywhere, the lower-error family wins
+    with pytest.raises(ValueError, match="exactly one of"):
+        compress(model, "budget", calibration=batches, candidates=candidates)
