@@ -66,7 +66,8 @@ def collect_layer_stats(model: nn.Module, layer_name: str, calibration: Sequence
     """
     device = device or compute_device()
     layer = model.get_submodule(layer_name)
-    k = layer.in_features
+    k = layer.weight[0].numel()
+    conv = isinstance(layer, nn.Conv2d)
     second = torch.zeros(k, k, dtype=torch.float64, device=device)
     total = torch.zeros(k, dtype=torch.float64, device=device)
     rows = 0.0
@@ -89,18 +90,24 @@ def collect_layer_stats(model: nn.Module, layer_name: str, calibration: Sequence
                         output = _call(model, batch)
                         actions = output.reshape(output.shape[0], -1)
                         y = captured["y"]
-                        weight = torch.zeros(y.shape[:-1], dtype=torch.float64, device=y.device)
+                        row_shape = (y.shape[0], *y.shape[2:]) if conv else y.shape[:-1]
+                        weight = torch.zeros(row_shape, dtype=torch.float64, device=y.device)
                         # Samples of a batch are independent, so d(sum over the batch of action a)/dy gives
                         # every sample's own gradient: one backward pass per action entry, not per sample.
                         for a in range(actions.shape[1]):
                             (grad,) = torch.autograd.grad(actions[:, a].sum(), y, retain_graph=True)
-                            weight += grad.pow(2).sum(-1).to(torch.float64)
+                            # sum over the features of each row: last dim (Linear), channels (Conv2d)
+                            weight += grad.pow(2).sum(1 if conv else -1).to(torch.float64)
                 else:
                     with torch.no_grad():
                         _call(model, batch)
             except (RuntimeError, TypeError, ValueError) as e:
                 raise ValueError(f"calibration batch {i} does not fit the model: {e}") from e
-            x = captured["x"].reshape(-1, k).to(device=device, dtype=torch.float64)
+            x = captured["x"]
+            if conv:  # im2col rows, one per output position: [B, K, L] -> [B*L, K]
+                x = torch.nn.functional.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+                x = x.transpose(1, 2)
+            x = x.reshape(-1, k).to(device=device, dtype=torch.float64)
             if policy_aware:
                 r = weight.reshape(-1).to(device)
                 r = (r / r.mean().clamp_min(1e-30)).clamp_min(1e-3)

@@ -19,7 +19,7 @@ from torch import nn
 from edgevla.runtime import formats
 from .calibration import collect_layer_stats, compute_device
 from .methods import METHOD_OPTIONS, METHODS, NEEDS_CALIBRATION, POLICY_AWARE
-from .packed_layers import PackedLinear, packed_linear
+from .packed_layers import PackedLinear, compressible, packed_module, weight_matrix
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,18 +80,19 @@ def default_targets(model: nn.Module, min_in_features: int = 32) -> tuple[list[s
     Like the 1-bit VLA papers, the first Linear (input projection / stem side) and the last (the action
     head's output) stay in full precision, and so do layers too narrow for a group of weights.
     """
-    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    linears = [name for name, module in model.named_modules() if compressible(module)]
     targets, kept = [], {}
     for i, name in enumerate(linears):
         layer = model.get_submodule(name)
+        in_features = layer.weight[0].numel()
         if _not_called(model, name):
             kept[name] = _not_called(model, name)
         elif i == 0:
-            kept[name] = "first Linear (input side) kept in full precision"
+            kept[name] = "first layer (input side / stem) kept in full precision"
         elif i == len(linears) - 1:
-            kept[name] = "last Linear (output head) kept in full precision"
-        elif layer.in_features < min_in_features:
-            kept[name] = f"in_features {layer.in_features} < {min_in_features}"
+            kept[name] = "last layer (output head) kept in full precision"
+        elif in_features < min_in_features:
+            kept[name] = f"in_features {in_features} < {min_in_features}"
         else:
             targets.append(name)
     return targets, kept
@@ -120,7 +121,7 @@ def compress(model: nn.Module, method: str, *, calibration: Iterable | None = No
     model = model if inplace else copy.deepcopy(model)
     model.eval()
     if include:
-        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        linears = [n for n, m in model.named_modules() if compressible(m)]
         targets = [n for n in linears if any(fnmatch.fnmatchcase(n, p) for p in include)]
         kept = {n: "not matched by include" for n in linears if n not in targets}
         for n in list(targets):
@@ -128,7 +129,7 @@ def compress(model: nn.Module, method: str, *, calibration: Iterable | None = No
                 targets.remove(n)
                 kept[n] = _not_called(model, n)
         if not targets:
-            raise ValueError(f"include patterns {include} match no Linear layer; Linear layers are: {linears}")
+            raise ValueError(f"include patterns {include} match no Linear/Conv2d layer; those layers are: {linears}")
     else:
         targets, kept = default_targets(model)
     for name in list(targets):
@@ -145,7 +146,7 @@ def compress(model: nn.Module, method: str, *, calibration: Iterable | None = No
         stats = None
         if calibration:
             stats = collect_layer_stats(model, name, calibration, policy_aware=method in POLICY_AWARE, device=device)
-        weight = layer.weight.detach().to(device=device, dtype=torch.float64)
+        weight = weight_matrix(layer).to(device=device, dtype=torch.float64)
         if not torch.isfinite(weight).all():
             bad = torch.nonzero(~torch.isfinite(weight))[0].tolist()
             raise ValueError(f"layer {name!r} ({tuple(weight.shape)}): weight has a NaN or inf at row {bad[0]}, "
@@ -154,7 +155,7 @@ def compress(model: nn.Module, method: str, *, calibration: Iterable | None = No
             packed = METHODS[method](weight, stats, **options)
         except ValueError as e:
             raise ValueError(f"layer {name!r} ({tuple(weight.shape)}): {e}") from e
-        new_layer = packed_linear(packed, layer.bias, method=method).to(layer.weight.device)
+        new_layer = packed_module(packed, layer, method=method).to(layer.weight.device)
         error = None
         if stats is not None:
             dense = torch.from_numpy(formats.get_format(packed.format).unpack(packed)).to(device)
@@ -166,7 +167,7 @@ def compress(model: nn.Module, method: str, *, calibration: Iterable | None = No
                                          note=_layout_note(packed)))
     for name, reason in kept.items():
         layer = model.get_submodule(name)
-        report.layers.append(LayerReport(name=name, shape=tuple(layer.weight.shape), method="kept",
+        report.layers.append(LayerReport(name=name, shape=tuple(weight_matrix(layer).shape), method="kept",
                                          bits_per_weight=32.0, relative_error=None, note=reason))
     return Compressed(model=model, report=report)
 
@@ -196,7 +197,7 @@ def _compress_to_budget(model, targets, kept, calibration, device, *, candidates
     total_weights = 0
     for name in targets:
         layer = model.get_submodule(name)
-        weight = layer.weight.detach().to(device=device, dtype=torch.float64)
+        weight = weight_matrix(layer).to(device=device, dtype=torch.float64)
         total_weights += weight.numel()
         # Errors are always measured with the plain statistics so that candidates compare on one scale.
         plain = collect_layer_stats(model, name, calibration, device=device)
@@ -234,13 +235,13 @@ def _compress_to_budget(model, targets, kept, calibration, device, *, candidates
     for name, layer_options, pick in zip(targets, options_per_layer, chosen):
         cand_method, packed, error = layer_options[pick]
         layer = model.get_submodule(name)
-        _set_submodule(model, name, packed_linear(packed, layer.bias, method=cand_method).to(layer.weight.device))
-        report.layers.append(LayerReport(name=name, shape=tuple(layer.weight.shape), method=cand_method,
+        _set_submodule(model, name, packed_module(packed, layer, method=cand_method).to(layer.weight.device))
+        report.layers.append(LayerReport(name=name, shape=tuple(weight_matrix(layer).shape), method=cand_method,
                                          bits_per_weight=packed.bits_per_weight, relative_error=error,
                                          note=f"budget pick; {_layout_note(packed)}".rstrip("; ")))
     for name, reason in kept.items():
         layer = model.get_submodule(name)
-        report.layers.append(LayerReport(name=name, shape=tuple(layer.weight.shape), method="kept",
+        report.layers.append(LayerReport(name=name, shape=tuple(weight_matrix(layer).shape), method="kept",
                                          bits_per_weight=32.0, relative_error=None, note=reason))
     return Compressed(model=model, report=report)
 

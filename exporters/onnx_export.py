@@ -100,6 +100,7 @@ def binary_matmul_function(opset: int) -> onnx.FunctionProto:
 
 
 FUNCTION_BUILDERS = {"BinaryMatMul": binary_matmul_function}
+EXPORTABLE_FORMATS = {"binary"}  # formats whose packed layers leave torch as one ai.edgevla op
 
 
 def export(model, example_inputs: Sequence, path: str | Path, *, opset: int | None = None,
@@ -114,6 +115,12 @@ def export(model, example_inputs: Sequence, path: str | Path, *, opset: int | No
 
     from .packed_layers import PackedLinear
 
+    unexportable = [f"{name} ({type(m).__name__}, format {m.format_name!r})" for name, m in model.named_modules()
+                    if isinstance(m, PackedLinear) and m.format_name not in EXPORTABLE_FORMATS]
+    if unexportable:
+        raise ValueError(f"no ONNX exporter yet for these packed layers: {', '.join(unexportable)}; this edgevla "
+                         f"exports formats {sorted(EXPORTABLE_FORMATS)} (a dense export would silently undo "
+                         "the compression)")
     opset = opset or DEFAULT_OPSET
     if opset < 18:
         raise ValueError(f"edgevla exports at opset >= 18 (BitwiseAnd, the transformer ops), got {opset}")

@@ -108,6 +108,22 @@ class DecodedLinear(PackedLinear):
         return y if self.bias is None else y + self.bias
 
 
+class PackedConv2d(DecodedLinear):
+    """A Conv2d whose weight [O, C, kh, kw] is packed as the matrix [O, C*kh*kw] (im2col order)."""
+
+    def __init__(self, packed, bias, *, method, conv: nn.Conv2d):
+        super().__init__(packed, bias, method=method)
+        self.kernel_size, self.stride = conv.kernel_size, conv.stride
+        self.padding, self.dilation = conv.padding, conv.dilation
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._decoded is None or self._decoded.device != x.device:
+            self._decoded = self.dense_weight().to(x.device)
+        weight = self._decoded.to(x.dtype).reshape(self.out_channels, self.in_channels, *self.kernel_size)
+        return torch.nn.functional.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation)
+
+
 PACKED_LINEAR_TYPES: dict[str, type[PackedLinear]] = {"binary": BinaryLinear}
 
 
@@ -115,3 +131,23 @@ def packed_linear(packed: formats.PackedWeight, bias: torch.Tensor | None, *, me
     """The torch layer for a packed weight of any registered format."""
     layer_type = PACKED_LINEAR_TYPES.get(packed.format, DecodedLinear)
     return layer_type(packed, bias, method=method)
+
+
+def packed_module(packed: formats.PackedWeight, original: nn.Module, *, method: str) -> PackedLinear:
+    """Replacement for `original` (nn.Linear or nn.Conv2d) holding `packed`."""
+    if isinstance(original, nn.Conv2d):
+        return PackedConv2d(packed, original.bias, method=method, conv=original)
+    return packed_linear(packed, original.bias, method=method)
+
+
+def compressible(module: nn.Module) -> bool:
+    """Linear layers, and plain Conv2d layers (no groups, zero padding)."""
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros" and \
+        not isinstance(module.padding, str)
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The layer's weight as the matrix [out, in] that formats pack (Conv2d: [O, C*kh*kw], im2col order)."""
+    return module.weight.detach().reshape(module.weight.shape[0], -1)

@@ -331,3 +331,42 @@ def test_budget_method_respects_the_byte_budget():
     assert picks == {"nm"}  # with room for 2:4 everywhere, the lower-error family wins
     with pytest.raises(ValueError, match="exactly one of"):
         compress(model, "budget", calibration=batches, candidates=candidates)
+
+
+def test_conv2d_layers_are_compressed_as_im2col_matrices():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
+                          nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(16 * 4 * 4, 10)).eval()
+    batches = [torch.randn(4, 3, 8, 8) for _ in range(2)]
+    with torch.no_grad():
+        y_ref = model(batches[0])
+    for method, options in [("sign", {"group_size": 72}), ("hbvla", {"max_bits": 1.5}), ("nm", {"criterion": "sparsegpt"})]:
+        result = compress(model, method, calibration=batches, include=["2", "4"], **options)
+        layers = {l.name: l for l in result.report.compressed}
+        assert layers["2"].shape == (16, 72) and layers["4"].shape == (16, 144)
+        assert all(l.relative_error < 1.0 for l in layers.values())
+        with torch.no_grad():
+            y = result.model(batches[0])
+        assert y.shape == y_ref.shape and torch.isfinite(y).all()
+    # the packed conv computes exactly what a conv with the decoded weight computes
+    conv = result.model[2]
+    dense = torch.from_numpy(formats.unpack_nm(conv.packed())).reshape(16, 8, 3, 3)
+    x = torch.randn(1, 8, 8, 8)
+    torch.testing.assert_close(conv(x), torch.nn.functional.conv2d(x, dense, conv.bias, 2, 1))
+
+
+def test_policy_aware_stats_for_conv_layers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+    stats = collect_layer_stats(model, "0", [torch.randn(3, 2, 5, 5)], policy_aware=True, device=torch.device("cpu"))
+    assert stats.second_moment.shape == (18, 18) and stats.rows == pytest.approx(3 * 25, rel=1e-6)
+
+
+def test_export_refuses_formats_without_an_onnx_op(tmp_path):
+    from edgevla.exporters.onnx_export import export
+
+    model = nn.Sequential(nn.Linear(8, 64), nn.Linear(64, 64), nn.Linear(64, 2))
+    result = compress(model, "nm", include=["1"])
+    with pytest.raises(ValueError, match=r"no ONNX exporter yet .*1 \(DecodedLinear, format 'nm'\)"):
+        export(result.model, (torch.zeros(1, 8),), tmp_path / "m.onnx")
