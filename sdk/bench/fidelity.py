@@ -76,15 +76,21 @@ def held_out_nmse(reference, compressed, report, held_out) -> float:
 
 
 def run_fidelity(*, episodes: int = 100, calibration_samples: int = 512, methods=None, json_path: Path | None = None,
-                 progress: bool = True) -> list[FidelityRow]:
+                 progress: bool = True, variant: str = "reference") -> list[FidelityRow]:
     import torch
 
     from edgevla.demo import calibration_inputs
     from edgevla.exporters.compress import compress
     from edgevla.models.train_reach import evaluate_torch, load_or_train
 
+    from edgevla.models.reach_vla import LARGE, ReachVLAConfig
+
     torch.set_num_threads(2)
-    model = load_or_train(progress=progress)
+    if variant not in ("reference", "large"):
+        raise ValueError(f"variant must be 'reference' or 'large', got {variant!r}")
+    config = ReachVLAConfig(**LARGE) if variant == "large" else ReachVLAConfig()
+    model = load_or_train(model_config=config, progress=progress)
+    print(f"policy: {variant} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)", flush=True)
     calibration = calibration_inputs(calibration_samples, seed=7, batch_size=32)
     held_out = calibration_inputs(128, seed=11, batch_size=32)
     baseline = evaluate_torch(model, episodes, progress=progress)["success_rate"]
@@ -107,12 +113,12 @@ def run_fidelity(*, episodes: int = 100, calibration_samples: int = 512, methods
 
 def format_row(r: FidelityRow) -> str:
     options = ",".join(f"{k}={v}" for k, v in r.options.items())
-    return (f"{r.method:7s} {options:36s} {r.success_rate * 100:7.1f}% {r.relative_success * 100:8.1f}% "
+    return (f"{r.method:12s} {options:32s} {r.success_rate * 100:7.1f}% {r.relative_success * 100:8.1f}% "
             f"{r.bits_per_weight:9.3f} {r.model_bytes:11,d} {r.layer_nmse:10.4f} {r.compress_seconds:8.1f}")
 
 
 def format_table(rows: list[FidelityRow], episodes: int) -> str:
-    header = (f"{'method':7s} {'options':36s} {'success':>8s} {'vs fp32':>9s} {'bits/w':>9s} {'bytes':>11s} "
+    header = (f"{'method':12s} {'options':32s} {'success':>8s} {'vs fp32':>9s} {'bits/w':>9s} {'bytes':>11s} "
               f"{'layer NMSE':>10s} {'seconds':>8s}")
     lines = [f"closed-loop success on {episodes} held-out episodes; bits/w over the compressed transformer "
              "layers; NMSE on held-out inputs", header, "-" * len(header)]

@@ -41,6 +41,11 @@ class ReachVLAConfig:
             raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
 
 
+# A larger variant (about 10.6 M parameters, 98% in transformer Linear layers) on which compression
+# methods separate more clearly; same task, same training recipe.
+LARGE = dict(width=384, depth=6, heads=6)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention written with plain nn.Linear layers (compressible, exportable)."""
 
