@@ -370,3 +370,17 @@ def test_export_refuses_formats_without_an_onnx_op(tmp_path):
     result = compress(model, "nm", include=["1"])
     with pytest.raises(ValueError, match=r"no ONNX exporter yet .*1 \(DecodedLinear, format 'nm'\)"):
         export(result.model, (torch.zeros(1, 8),), tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("method,options", [("sign", {}), ("billm", {}), ("hbvla", {}), ("nm", {"criterion": "wanda"}),
+                                            ("dense_sparse", {"iterations": 2}), ("group_sparse", {}),
+                                            ("budget", {"bits_per_weight": 3.0})])
+def test_every_method_on_the_reach_policy(untrained_reach, reach_example, method, options):
+    model, _ = untrained_reach
+    calibration = [tuple(t.repeat(4, *([1] * (t.dim() - 1))) for t in reach_example)]
+    result = compress(model, method, calibration=calibration, include=["blocks.*"], **options)
+    assert len(result.report.compressed) == 24
+    if method == "hbvla":
+        assert result.report.mean_bits_per_weight() <= 1.1
+    with torch.no_grad():
+        assert result.model(*reach_example).shape == (1, 4, 2)
