@@ -35,6 +35,7 @@ class LayerReport:
 @dataclass
 class CompressionReport:
     layers: list[LayerReport] = field(default_factory=list)
+    finetune_loss: list[float] = field(default_factory=list)  # per step, when straight-through fine-tuned
 
     @property
     def compressed(self) -> list[LayerReport]:
@@ -137,6 +138,7 @@ def compress(model: nn.Module, method: str, *, calibration: Iterable | None = No
             targets.remove(name)
             kept[name] = "excluded by pattern"
 
+    finetune = {key: options.pop(key) for key in ("finetune_loss", "finetune_steps", "finetune_lr") if key in options}
     device = compute_device()
     if method == "budget":
         return _compress_to_budget(model, targets, kept, calibration, device, **options)
@@ -169,6 +171,13 @@ def compress(model: nn.Module, method: str, *, calibration: Iterable | None = No
         layer = model.get_submodule(name)
         report.layers.append(LayerReport(name=name, shape=tuple(weight_matrix(layer).shape), method="kept",
                                          bits_per_weight=32.0, relative_error=None, note=reason))
+    if finetune.get("finetune_loss") is not None:
+        from .finetune import finetune_dense_sparse
+
+        steps = int(finetune.get("finetune_steps", 100))
+        history = finetune_dense_sparse(model, finetune["finetune_loss"], steps=steps,
+                                        learning_rate=float(finetune.get("finetune_lr", 1e-3)))
+        report.finetune_loss = history
     return Compressed(model=model, report=report)
 
 

@@ -493,7 +493,7 @@ METHOD_OPTIONS: dict[str, set[str]] = {
     "billm": {"block_size", "salient_fraction", "damping"},
     "hbvla": {"max_bits", "group_size", "salient_candidates", "damping", "rounds"},
     "nm": {"n", "m", "criterion", "damping"},
-    "dense_sparse": {"atoms", "nonzeros", "iterations"},
+    "dense_sparse": {"atoms", "nonzeros", "iterations", "finetune_loss", "finetune_steps", "finetune_lr"},
     "group_sparse": {"group", "sparsity"},
     "budget": {"candidates", "budget_bytes", "bits_per_weight", "cost_table", "budget_seconds"},
 }

@@ -384,3 +384,24 @@ def test_every_method_on_the_reach_policy(untrained_reach, reach_example, method
         assert result.report.mean_bits_per_weight() <= 1.1
     with torch.no_grad():
         assert result.model(*reach_example).shape == (1, 4, 2)
+
+
+def test_dense_sparse_straight_through_finetuning_lowers_the_loss():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 4)).eval()
+    inputs = torch.randn(256, 16)
+    with torch.no_grad():
+        targets = teacher(inputs)
+
+    def loss(model):
+        return torch.nn.functional.mse_loss(model(inputs), targets)
+
+    plain = compress(teacher, "dense_sparse", calibration=[inputs], include=["2"], atoms=8, nonzeros=2)
+    tuned = compress(teacher, "dense_sparse", calibration=[inputs], include=["2"], atoms=8, nonzeros=2,
+                     finetune_loss=loss, finetune_steps=60, finetune_lr=3e-3)
+    with torch.no_grad():
+        assert loss(tuned.model) < 0.8 * loss(plain.model)
+    assert tuned.report.finetune_loss[-1] < tuned.report.finetune_loss[0]
+    layer = tuned.model[2]
+    assert layer.format_name == "dense_sparse" and layer.packed().arrays["atom_idx"].shape == (64, 2)
+    assert all(p.requires_grad for p in tuned.model[0].parameters())  # unfrozen again afterwards
