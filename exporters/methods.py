@@ -397,7 +397,12 @@ def dense_sparse(weight: torch.Tensor, stats: LayerStats | None, *, atoms: int |
     h = h + 1e-6 * torch.diag(h).mean() * torch.eye(k, dtype=w.dtype, device=w.device)
     scale = torch.sqrt(torch.diag(h).clamp_min(1e-12))
     u, sv, _ = torch.linalg.svd(w * scale[None, :], full_matrices=False)
-    dictionary = u[:, :atoms] * sv[:atoms] / sv[:atoms].mean()
+    rank = min(atoms, sv.numel())
+    dictionary = u[:, :rank] * sv[:rank] / sv[:rank].mean().clamp_min(1e-12)
+    if rank < atoms:  # more atoms than the matrix has directions: start the rest from seeded noise
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        extra = torch.randn(n, atoms - rank, generator=generator, dtype=w.dtype).to(w.device)
+        dictionary = torch.cat([dictionary, extra / extra.norm(dim=0).clamp_min(1e-12)], dim=1)
     best = None
     for _ in range(max(1, iterations)):
         idx, values = _omp_columns(dictionary, w, nonzeros)

@@ -14,29 +14,33 @@ from pathlib import Path
 from typing import Sequence
 
 import onnx
-from onnx import TensorProto, defs, helper
+from onnx import defs
 
 from edgevla.runtime import formats
+from .onnx_bodies import DOMAIN, OPS
 
-DOMAIN = "ai.edgevla"
 DOMAIN_VERSION = 1
 DEFAULT_OPSET = 18
 
 
 def _register_schemas() -> None:
-    """Register our op schemas with onnx (the dynamo exporter needs them to emit custom nodes)."""
-    if defs.has("BinaryMatMul", DOMAIN):
-        return
+    """Register an op schema per format (the dynamo exporter needs them to emit custom-domain nodes)."""
     P, A = defs.OpSchema.FormalParameter, defs.OpSchema.Attribute
-    defs.register_schema(defs.OpSchema(
-        "BinaryMatMul", DOMAIN, DOMAIN_VERSION,
-        doc="Y = X @ W.T with W in edgevla's `binary` packed format (see edgevla.runtime.formats).",
-        inputs=[P("X", "T", "activations [..., K]"), P("bits", "tensor(uint8)", "[N, Kp/8] sign bits"),
-                P("scales", "tensor(float16)", "[N, Kp/G] group scales")],
-        outputs=[P("Y", "T", "[..., N]")],
-        type_constraints=[("T", ["tensor(float)"], "float32 activations")],
-        attributes=[A("in_features", defs.OpSchema.AttrType.INT, "K"),
-                    A("group_size", defs.OpSchema.AttrType.INT, "G")]))
+    packed_types = ["tensor(uint8)", "tensor(uint16)", "tensor(float16)", "tensor(float)"]
+    for format_name, (op_name, _) in OPS.items():
+        if defs.has(op_name, DOMAIN):
+            continue
+        spec = formats.get_format(format_name)
+        inputs = [P("X", "T", "activations [..., K]")]
+        constraints = [("T", ["tensor(float)"], "float32 activations")]
+        for i, array in enumerate(spec.array_names):
+            inputs.append(P(array, f"P{i}", f"packed array {array!r} (edgevla.runtime.formats, {format_name})"))
+            constraints.append((f"P{i}", packed_types, "packed array dtype"))
+        defs.register_schema(defs.OpSchema(
+            op_name, DOMAIN, DOMAIN_VERSION,
+            doc=f"Y = X @ W.T with W in edgevla's {format_name!r} packed format (see edgevla.runtime.formats).",
+            inputs=inputs, outputs=[P("Y", "T", "[..., N]")], type_constraints=constraints,
+            attributes=[A(a, defs.OpSchema.AttrType.INT, a) for a in spec.attr_names]))
 
 
 _register_schemas()
@@ -46,61 +50,42 @@ def _translation_table():
     import onnxscript
     import torch
 
-    from . import packed_layers  # noqa: F401  (registers torch.ops.edgevla.*)
+    from .packed_layers import PACKED_OPS  # noqa: F401  (defines torch.ops.edgevla.*)
 
-    edgevla = onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION)
+    ev = onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION)
 
-    def binary_matmul(x, bits, scales, in_features: int, group_size: int):
-        return edgevla.BinaryMatMul(x, bits, scales, in_features=in_features, group_size=group_size)
+    def binary(x, bits, scales, in_features: int, group_size: int):
+        return ev.BinaryMatMul(x, bits, scales, in_features=in_features, group_size=group_size)
 
-    return {torch.ops.edgevla.binary_matmul.default: binary_matmul}
+    def nm(x, values, indices, in_features: int, n: int, m: int):
+        return ev.NMSparseMatMul(x, values, indices, in_features=in_features, n=n, m=m)
 
+    def haar_binary(x, salient_idx, salient_bits, salient_residual_bits, salient_scales, bits, scale_codes,
+                    scale_base, in_features: int, salient: int, group_size: int):
+        return ev.HaarBinaryMatMul(x, salient_idx, salient_bits, salient_residual_bits, salient_scales, bits,
+                                   scale_codes, scale_base, in_features=in_features, salient=salient,
+                                   group_size=group_size)
 
-def binary_matmul_function(opset: int) -> onnx.FunctionProto:
-    """BinaryMatMul as standard ops: unpack bits LSB first, sign = 2*bit-1, times group scale, MatMul."""
-    def ref_int(name, attribute):
-        """A Constant whose value_int is the calling node's attribute `attribute`."""
-        return onnx.NodeProto(op_type="Constant", output=[name], attribute=[
-            onnx.AttributeProto(name="value_int", ref_attr_name=attribute, type=onnx.AttributeProto.INT)])
+    def binary_split(x, salient_idx, bits, residual_bits, split_bits, scales, in_features: int, block_size: int,
+                     salient: int):
+        return ev.SplitBinaryMatMul(x, salient_idx, bits, residual_bits, split_bits, scales,
+                                    in_features=in_features, block_size=block_size, salient=salient)
 
-    nodes = [
-        helper.make_node("Constant", [], ["shifts"], value=helper.make_tensor("s", TensorProto.UINT8, [8], list(range(8)))),
-        helper.make_node("Constant", [], ["one_u8"], value=helper.make_tensor("o", TensorProto.UINT8, [], [1])),
-        helper.make_node("Constant", [], ["last_axis"], value=helper.make_tensor("a", TensorProto.INT64, [1], [-1])),
-        helper.make_node("Constant", [], ["zero_i64"], value=helper.make_tensor("z", TensorProto.INT64, [1], [0])),
-        helper.make_node("Constant", [], ["minus1"], value=helper.make_tensor("m", TensorProto.INT64, [1], [-1])),
-        helper.make_node("Constant", [], ["one_axis"], value=helper.make_tensor("x", TensorProto.INT64, [1], [1])),
-        helper.make_node("Constant", [], ["two_f"], value=helper.make_tensor("t", TensorProto.FLOAT, [], [2.0])),
-        helper.make_node("Constant", [], ["one_f"], value=helper.make_tensor("f", TensorProto.FLOAT, [], [1.0])),
-        ref_int("k_scalar", "in_features"),
-        ref_int("g_scalar", "group_size"),
-        helper.make_node("Unsqueeze", ["k_scalar", "zero_i64"], ["k_1d"]),
-        helper.make_node("Unsqueeze", ["g_scalar", "zero_i64"], ["g_1d"]),
-        # bits [N, Kp/8] -> [N, Kp/8, 8] -> bit values -> signs +-1
-        helper.make_node("Unsqueeze", ["bits", "last_axis"], ["bits3"]),
-        helper.make_node("BitShift", ["bits3", "shifts"], ["shifted"], direction="RIGHT"),
-        helper.make_node("BitwiseAnd", ["shifted", "one_u8"], ["bit"]),
-        helper.make_node("Cast", ["bit"], ["bit_f"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["bit_f", "two_f"], ["bit_2"]),
-        helper.make_node("Sub", ["bit_2", "one_f"], ["signs"]),
-        # signs -> [N, Kp/G, G] times scales [N, Kp/G, 1] -> [N, Kp] -> first K columns
-        helper.make_node("Concat", ["zero_i64", "minus1", "g_1d"], ["group_shape"], axis=0),
-        helper.make_node("Reshape", ["signs", "group_shape"], ["signs_g"]),
-        helper.make_node("Cast", ["scales"], ["scales_f"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["scales_f", "last_axis"], ["scales3"]),
-        helper.make_node("Mul", ["signs_g", "scales3"], ["weight_g"]),
-        helper.make_node("Concat", ["zero_i64", "minus1"], ["flat_shape"], axis=0),
-        helper.make_node("Reshape", ["weight_g", "flat_shape"], ["weight_padded"]),
-        helper.make_node("Slice", ["weight_padded", "zero_i64", "k_1d", "one_axis"], ["weight"]),
-        helper.make_node("Transpose", ["weight"], ["weight_t"], perm=[1, 0]),
-        helper.make_node("MatMul", ["X", "weight_t"], ["Y"]),
-    ]
-    return helper.make_function(DOMAIN, "BinaryMatMul", ["X", "bits", "scales"], ["Y"], nodes,
-                                [helper.make_opsetid("", opset)], attributes=["in_features", "group_size"])
+    def dense_sparse(x, dictionary, values, atom_idx, in_features: int, atoms: int, nonzeros: int):
+        return ev.DenseSparseMatMul(x, dictionary, values, atom_idx, in_features=in_features, atoms=atoms,
+                                    nonzeros=nonzeros)
+
+    def group_sparse(x, values, group_idx, in_features: int, group: int, kept: int):
+        return ev.GroupSparseMatMul(x, values, group_idx, in_features=in_features, group=group, kept=kept)
+
+    ops = torch.ops.edgevla
+    return {ops.binary_matmul.default: binary, ops.nm_matmul.default: nm, ops.haar_binary_matmul.default: haar_binary,
+            ops.binary_split_matmul.default: binary_split, ops.dense_sparse_matmul.default: dense_sparse,
+            ops.group_sparse_matmul.default: group_sparse}
 
 
-FUNCTION_BUILDERS = {"BinaryMatMul": binary_matmul_function}
-EXPORTABLE_FORMATS = {"binary"}  # formats whose packed layers leave torch as one ai.edgevla op
+FUNCTION_BUILDERS = {op_name: builder for op_name, builder in OPS.values()}
+EXPORTABLE_FORMATS = set(OPS)  # formats whose packed Linear layers leave torch as one ai.edgevla op
 
 
 def export(model, example_inputs: Sequence, path: str | Path, *, opset: int | None = None,
@@ -113,14 +98,15 @@ def export(model, example_inputs: Sequence, path: str | Path, *, opset: int | No
     """
     import torch
 
-    from .packed_layers import PackedLinear
+    from .packed_layers import PackedConv2d, PackedLinear
 
     unexportable = [f"{name} ({type(m).__name__}, format {m.format_name!r})" for name, m in model.named_modules()
-                    if isinstance(m, PackedLinear) and m.format_name not in EXPORTABLE_FORMATS]
+                    if isinstance(m, PackedLinear) and (m.format_name not in EXPORTABLE_FORMATS
+                                                        or isinstance(m, PackedConv2d))]
     if unexportable:
         raise ValueError(f"no ONNX exporter yet for these packed layers: {', '.join(unexportable)}; this edgevla "
-                         f"exports formats {sorted(EXPORTABLE_FORMATS)} (a dense export would silently undo "
-                         "the compression)")
+                         f"exports Linear layers in formats {sorted(EXPORTABLE_FORMATS)}, no packed Conv2d yet (a "
+                         "dense export would silently undo the compression)")
     opset = opset or DEFAULT_OPSET
     if opset < 18:
         raise ValueError(f"edgevla exports at opset >= 18 (BitwiseAnd, the transformer ops), got {opset}")

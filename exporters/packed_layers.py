@@ -92,9 +92,45 @@ class BinaryLinear(PackedLinear):
         return y if self.bias is None else y + self.bias
 
 
+def _define_packed_op(format_name: str):
+    """One torch custom op per format, `edgevla::<format>_matmul(x, *arrays, *int attrs)`. Export traces it
+    (fake implementation) into a single node; its real implementation decodes with the numpy reference."""
+    spec = formats.get_format(format_name)
+    arrays = ", ".join(f"Tensor {a}" for a in spec.array_names)
+    attrs = ", ".join(f"int {a}" for a in spec.attr_names)
+    qualified = f"edgevla::{format_name}_matmul"
+    torch.library.define(qualified, f"(Tensor x, {arrays}, {attrs}) -> Tensor")
+
+    @torch.library.impl(qualified, "CompositeExplicitAutograd")
+    def _impl(x, *args):
+        tensors, ints = args[:len(spec.array_names)], args[len(spec.array_names):]
+        packed = formats.PackedWeight(format_name, {n: t.cpu().numpy() for n, t in zip(spec.array_names, tensors)},
+                                      dict(zip(spec.attr_names, ints)), int(_out_features(format_name, tensors)))
+        return x @ torch.from_numpy(spec.unpack(packed)).to(x).T
+
+    @torch.library.register_fake(qualified)
+    def _fake(x, *args):
+        tensors = args[:len(spec.array_names)]
+        return x.new_empty((*x.shape[:-1], _out_features(format_name, tensors)))
+
+    return getattr(torch.ops.edgevla, f"{format_name}_matmul").default
+
+
+def _out_features(format_name: str, tensors) -> int:
+    named = dict(zip(formats.get_format(format_name).array_names, tensors))
+    if format_name == "dense_sparse":
+        return named["dictionary"].shape[0]
+    return next(t for n, t in named.items() if n in ("bits", "values", "dictionary")).shape[0]
+
+
+PACKED_OPS = {name: _define_packed_op(name) for name in ("nm", "haar_binary", "binary_split", "dense_sparse",
+                                                          "group_sparse")}
+
+
 class DecodedLinear(PackedLinear):
-    """Formats without a dedicated torch op yet: eager forward multiplies by the format's reference
-    decoding (cached, not saved). The packed arrays remain the module's state."""
+    """Formats whose eager forward multiplies by the format's reference decoding (cached, not saved);
+    under torch.export the layer is one `edgevla::<format>_matmul` node instead. The packed arrays
+    remain the module's state."""
 
     def __init__(self, packed, bias, *, method):
         self.format_name = packed.format
@@ -102,6 +138,11 @@ class DecodedLinear(PackedLinear):
         self._decoded: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting() and self.format_name in PACKED_OPS:
+            spec = formats.get_format(self.format_name)
+            y = PACKED_OPS[self.format_name](x, *(getattr(self, a) for a in spec.array_names),
+                                             *(int(self.attrs[a]) for a in spec.attr_names))
+            return y if self.bias is None else y + self.bias
         if self._decoded is None or self._decoded.device != x.device:
             self._decoded = self.dense_weight().to(x.device)
         y = x @ self._decoded.to(x.dtype).T

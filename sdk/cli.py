@@ -65,6 +65,13 @@ def _run(args) -> int:
     return 0
 
 
+def _inspect(args) -> int:
+    from edgevla.exporters.inspect_onnx import inspect_file
+
+    print(inspect_file(args.file))
+    return 0
+
+
 def _bench(args) -> int:
     if args.suite == "fidelity":
         from .bench.fidelity import run_fidelity
@@ -97,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the rows as JSON to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_bench)
+
+    p = verbs.add_parser("inspect", help="per-layer format, bits/weight and bytes of an exported ONNX file, and "
+                                         "its compression ratio vs fp32")
+    p.add_argument("file", help="ONNX file")
+    p.set_defaults(func=_inspect)
 
     p = verbs.add_parser("compile", help="compile an ONNX file for a target into a bundle directory")
     p.add_argument("model", help="ONNX file (static shapes)")

@@ -88,6 +88,9 @@ def _custom_converters():
 
 def import_onnx(model: onnx.ModelProto) -> tvm.IRModule:
     """ONNX (static shapes) -> Relax IRModule with edgevla ops lowered to TIR kernels."""
+    from edgevla.exporters.inspect_onnx import check_domain_version
+
+    check_domain_version(model)
     check_supported(model)
     for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim

@@ -12,7 +12,7 @@ def test_help_lists_only_working_verbs():
     out = subprocess.run([sys.executable, "-m", "edgevla.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     verbs = set(build_parser()._subparsers._group_actions[0].choices)
-    assert verbs == {"demo", "bench", "compile", "verify", "run"}
+    assert verbs == {"demo", "bench", "inspect", "compile", "verify", "run"}
     for verb in verbs:
         assert verb in out.stdout
 
@@ -34,3 +34,23 @@ def test_errors_exit_2_with_a_message(reach_onnx, tmp_path, capsys):
     assert main(["verify", str(tmp_path)]) == 2
     assert "no manifest.json" in capsys.readouterr().err
     assert main(["run", str(reach_onnx["binary"]), "--robot", "dynamixel:/dev/ttyUSB0"]) == 2
+
+
+def test_inspect_reports_layers_and_ratio(reach_onnx, capsys):
+    assert main(["inspect", str(reach_onnx["binary"])]) == 0
+    out = capsys.readouterr().out
+    assert "24 compressed layers" in out and "BinaryMatMul" in out and "1.250" in out
+    ratio = float(out.split("compression ratio vs fp32: ")[1].split("x")[0])
+    assert 4.0 < ratio < 12.0
+
+
+def test_inspect_refuses_a_newer_op_version(reach_onnx, tmp_path, capsys):
+    import onnx
+
+    model = onnx.load(str(reach_onnx["binary"]))
+    for opset in model.opset_import:
+        if opset.domain == "ai.edgevla":
+            opset.version = 99
+    onnx.save(model, tmp_path / "future.onnx")
+    assert main(["inspect", str(tmp_path / "future.onnx")]) == 2
+    assert "version 99" in capsys.readouterr().err

@@ -1,0 +1,111 @@
+"""Backend-ops parity for every exportable format: torch eager vs onnxruntime vs onnx.reference.
+
+Each case packs a random layer with the format's own method, exports a one-layer model, and runs the same
+inputs everywhere. A new format or op adds its cases here.
+"""
+
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx.reference import ReferenceEvaluator
+
+from edgevla.exporters import methods
+from edgevla.exporters.calibration import collect_layer_stats
+from edgevla.exporters.onnx_bodies import OPS
+from edgevla.exporters.onnx_export import export
+from edgevla.exporters.packed_layers import packed_linear
+from edgevla.runtime import formats
+
+# Named tolerances: float32 math reordered (eager decode vs ONNX body) on O(1) activations.
+TOLERANCE = {"atol": 2e-5, "rtol": 2e-4}
+
+PACKERS = {
+    "binary": lambda w, s: methods.sign(w, s, group_size=64),
+    "nm": lambda w, s: methods.nm(w, s, n=2, m=4, criterion="sparsegpt"),
+    "nm_1_4": lambda w, s: methods.nm(w, s, n=1, m=4),
+    "nm_4_8": lambda w, s: methods.nm(w, s, n=4, m=8, criterion="wanda"),
+    "haar_binary": lambda w, s: methods.hbvla(w, s, max_bits=4.0, salient_candidates=(0.1,)),  # >= 1 salient
+    "binary_split": lambda w, s: methods.billm(w, s, block_size=32),
+    "dense_sparse": lambda w, s: methods.dense_sparse(w, s, atoms=6, nonzeros=2, iterations=2),
+    "group_sparse": lambda w, s: methods.group_sparse(w, s, group=4, sparsity=0.5),
+}
+SHAPES = [(7, 40), (16, 70), (5, 13)]  # (out, in): odd sizes, K not a multiple of any group
+
+
+def one_layer(case, n, k, seed=0):
+    torch.manual_seed(seed)
+    dense = torch.nn.Linear(k, n)
+    x = torch.randn(64, k)
+    stats = collect_layer_stats(torch.nn.Sequential(dense), "0", [x], device=torch.device("cpu"))
+    packed = PACKERS[case](dense.weight.detach().double(), stats)
+    return torch.nn.Sequential(packed_linear(packed, dense.bias, method=case), torch.nn.Tanh()).eval(), packed
+
+
+@pytest.mark.parametrize("case", sorted(PACKERS))
+@pytest.mark.parametrize("n,k", SHAPES)
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_format_parity(tmp_path, case, n, k, dynamic):
+    model, packed = one_layer(case, n, k)
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = export(model, (torch.randn(3, k),), path, dynamic_batch=dynamic, input_names=["x"],
+                       output_names=["y"])
+    op_name = OPS[packed.format][0]
+    assert [node.op_type for node in proto.graph.node if node.domain == "ai.edgevla"] == [op_name]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    reference = ReferenceEvaluator(proto)
+    for batch in ([1, 3, 5] if dynamic else [3]):
+        x = torch.randn(batch, k)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected, **TOLERANCE)
+        np.testing.assert_allclose(reference.run(None, {"x": x.numpy()})[0], expected, **TOLERANCE)
+    # and eager agrees with the format's numpy reference
+    x = np.random.default_rng(1).normal(size=(2, k)).astype(np.float32)
+    ref = np.tanh(formats.get_format(packed.format).matmul_ref(x, packed) + model[0].bias.detach().numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(model(torch.from_numpy(x)).numpy(), ref, **TOLERANCE)
+
+
+def test_every_function_passes_the_full_checker_in_a_clean_process(tmp_path):
+    import subprocess
+    import sys
+
+    paths = []
+    for case in ("binary", "nm", "haar_binary", "binary_split", "dense_sparse", "group_sparse"):
+        model, _ = one_layer(case, 8, 40)
+        path = tmp_path / f"{case}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            export(model, (torch.randn(2, 40),), path)
+        paths.append(str(path))
+    code = "import onnx,sys\nfor p in sys.argv[1:]: onnx.checker.check_model(onnx.load(p), full_check=True)\nprint('ok')"
+    out = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("method,options", [("sign", {}), ("billm", {}), ("hbvla", {}), ("nm", {"criterion": "sparsegpt"}),
+                                            ("dense_sparse", {"iterations": 2}), ("group_sparse", {}),
+                                            ("budget", {"bits_per_weight": 3.0})])
+def test_reach_policy_exports_with_every_method(tmp_path, untrained_reach, reach_example, method, options):
+    from edgevla.exporters.compress import compress
+    from edgevla.exporters.inspect_onnx import inspect_file
+
+    model, _ = untrained_reach
+    calibration = [tuple(t.repeat(4, *([1] * (t.dim() - 1))) for t in reach_example)]
+    compressed = compress(model, method, calibration=calibration, include=["blocks.*"], **options).model
+    path = tmp_path / f"reach_{method}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export(compressed, reach_example, path, input_names=["image", "instruction", "state"], output_names=["a"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {name: t.numpy() for name, t in zip(["image", "instruction", "state"], reach_example)}
+    with torch.no_grad():
+        expected = compressed(*reach_example).numpy()
+    np.testing.assert_allclose(session.run(None, feed)[0], expected, atol=1e-4, rtol=1e-3)
+    assert "24 compressed layers" in inspect_file(path)
