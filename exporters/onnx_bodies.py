@@ -84,6 +84,24 @@ def binary_body(opset: int) -> onnx.FunctionProto:
     return b.function("BinaryMatMul", ["X", "bits", "scales"], ["in_features", "group_size"], opset)
 
 
+def binary_int4_body(opset: int) -> onnx.FunctionProto:
+    """BinaryMatMul for onnxruntime's fast path: signs as INT4 (+-1) and blocked DequantizeLinear
+    (opset >= 21), which onnxruntime folds into MatMulNBits with 4-bit weights in memory. Needs K to be a
+    multiple of the group (the DequantizeLinear output must feed the MatMul directly)."""
+    if opset < 21:
+        raise ValueError(f"the INT4 body needs opset >= 21 (blocked DequantizeLinear), got {opset}")
+    b = Body()
+    signs_t = b.op("Transpose", [b.signs("bits")], perm=[1, 0])  # [Kp, N] float +-1
+    q = b.op("Cast", [signs_t], to=TensorProto.INT4)
+    scales_t = b.op("Transpose", [b.op("Cast", ["scales"], to=TensorProto.FLOAT)], perm=[1, 0])  # [Kp/G, N]
+    out = b._name("dq")
+    b.nodes.append(onnx.NodeProto(op_type="DequantizeLinear", input=[q, scales_t], output=[out], attribute=[
+        helper.make_attribute("axis", 0),
+        onnx.AttributeProto(name="block_size", ref_attr_name="group_size", type=onnx.AttributeProto.INT)]))
+    b.nodes.append(helper.make_node("MatMul", ["X", out], ["Y"]))
+    return b.function("BinaryMatMul", ["X", "bits", "scales"], ["in_features", "group_size"], opset)
+
+
 def nm_body(opset: int) -> onnx.FunctionProto:
     b = Body()
     k, n, m = b.attr_int("in_features"), b.attr_int("n"), b.attr_int("m")

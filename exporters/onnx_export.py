@@ -17,7 +17,7 @@ import onnx
 from onnx import defs
 
 from edgevla.runtime import formats
-from .onnx_bodies import DOMAIN, OPS
+from .onnx_bodies import DOMAIN, OPS, binary_int4_body
 
 DOMAIN_VERSION = 1
 DEFAULT_OPSET = 18
@@ -90,11 +90,13 @@ EXPORTABLE_FORMATS = set(OPS)  # formats whose packed Linear layers leave torch 
 
 def export(model, example_inputs: Sequence, path: str | Path, *, opset: int | None = None,
            dynamic_batch: bool = False, input_names: Sequence[str] | None = None,
-           output_names: Sequence[str] | None = None) -> onnx.ModelProto:
+           output_names: Sequence[str] | None = None, onnxruntime_int4: bool = False) -> onnx.ModelProto:
     """Export `model` (possibly holding packed layers) to ONNX at `path`; returns the saved model.
 
     Static shapes are the default because TVM compiles static shapes; `dynamic_batch=True` marks the first
-    dimension of every input as symbolic (for onnxruntime use).
+    dimension of every input as symbolic (for onnxruntime use). `onnxruntime_int4=True` gives the binary
+    layers a function body that stock onnxruntime turns into MatMulNBits (4-bit weights kept in memory,
+    opset 21; every binary layer must have K a multiple of its group, a power of two >= 16).
     """
     import torch
 
@@ -107,7 +109,17 @@ def export(model, example_inputs: Sequence, path: str | Path, *, opset: int | No
         raise ValueError(f"no ONNX exporter yet for these packed layers: {', '.join(unexportable)}; this edgevla "
                          f"exports Linear layers in formats {sorted(EXPORTABLE_FORMATS)}, no packed Conv2d yet (a "
                          "dense export would silently undo the compression)")
-    opset = opset or DEFAULT_OPSET
+    opset = opset or (21 if onnxruntime_int4 else DEFAULT_OPSET)
+    if onnxruntime_int4:
+        if opset < 21:
+            raise ValueError(f"onnxruntime_int4 needs opset >= 21, got {opset}")
+        for name, m in model.named_modules():
+            if isinstance(m, PackedLinear) and m.format_name == "binary":
+                g, k = m.attrs["group_size"], m.attrs["in_features"]
+                if k % g or g < 16 or g & (g - 1):
+                    raise ValueError(f"layer {name!r}: onnxruntime_int4 needs in_features ({k}) to be a multiple "
+                                     f"of group_size ({g}) and group_size a power of two >= 16; compress with "
+                                     "such a group_size or export without onnxruntime_int4")
     if opset < 18:
         raise ValueError(f"edgevla exports at opset >= 18 (BitwiseAnd, the transformer ops), got {opset}")
     model.eval()
@@ -134,7 +146,8 @@ def export(model, example_inputs: Sequence, path: str | Path, *, opset: int | No
             registration_log.setLevel(previous_level)
     proto = program.model_proto
     used = {node.op_type for node in proto.graph.node if node.domain == DOMAIN}
-    proto.functions.extend(FUNCTION_BUILDERS[op](opset) for op in sorted(used))
+    builders = dict(FUNCTION_BUILDERS, BinaryMatMul=binary_int4_body) if onnxruntime_int4 else FUNCTION_BUILDERS
+    proto.functions.extend(builders[op](opset) for op in sorted(used))
     layers = {name: {"format": m.format_name, "method": m.method, "bits_per_weight": round(m.bits_per_weight, 4)}
               for name, m in model.named_modules() if isinstance(m, PackedLinear)}
     from edgevla import __version__

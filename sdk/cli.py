@@ -73,6 +73,10 @@ def _inspect(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.suite == "onnx":
+        from .bench.onnx_speed import run_onnx_speed
+
+        run_onnx_speed(json_path=Path(args.json) if args.json else None)
     if args.suite == "fidelity":
         from .bench.fidelity import run_fidelity
 
@@ -94,8 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     p = verbs.add_parser("bench", help="benchmarks that print ratios measured side by side in one run")
-    p.add_argument("suite", choices=["fidelity"], help="fidelity: closed-loop success, bits/weight, bytes and layer "
-                                                      "error of every compression method on the reach policy")
+    p.add_argument("suite", choices=["fidelity", "onnx"],
+                   help="fidelity: closed-loop success, bits/weight, bytes and layer error of every compression "
+                        "method on the reach policy; onnx: 1-bit files in stock onnxruntime, generic body vs the "
+                        "INT4 (MatMulNBits) path, against fp32")
     p.add_argument("--episodes", type=int, default=100, help="held-out episodes per method (default 100)")
     p.add_argument("--calibration", type=int, default=512, help="calibration samples (default 512)")
     p.add_argument("--variant", choices=["reference", "large"], default="reference",

@@ -109,3 +109,28 @@ def test_reach_policy_exports_with_every_method(tmp_path, untrained_reach, reach
         expected = compressed(*reach_example).numpy()
     np.testing.assert_allclose(session.run(None, feed)[0], expected, atol=1e-4, rtol=1e-3)
     assert "24 compressed layers" in inspect_file(path)
+
+
+def test_onnxruntime_int4_path_fuses_to_matmulnbits(tmp_path):
+    from edgevla.exporters.packed_layers import BinaryLinear
+
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(128, 24)
+    packed = formats.pack_binary(dense.weight.detach().numpy(), group_size=32)
+    model = torch.nn.Sequential(BinaryLinear(packed, dense.bias, method="sign")).eval()
+    x = torch.randn(3, 128)
+    path = tmp_path / "int4.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export(model, (x,), path, onnxruntime_int4=True, input_names=["x"])
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], model(x).numpy(), **TOLERANCE)
+    assert "MatMulNBits" in [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    bad = torch.nn.Sequential(BinaryLinear(formats.pack_binary(dense.weight.detach().numpy()[:, :100], group_size=32),
+                                           dense.bias, method="sign"))
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        export(bad, (torch.randn(1, 100),), tmp_path / "bad.onnx", onnxruntime_int4=True)
