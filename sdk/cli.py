@@ -65,6 +65,52 @@ def _run(args) -> int:
     return 0
 
 
+def _load_source(source: str) -> dict:
+    """`reach` (the built-in reference policy) or `MODULE:FUNCTION` returning a dict with "model",
+    "example_inputs" and optionally "calibration" (an iterable of model inputs)."""
+    import importlib
+
+    if source == "reach":
+        from .demo import calibration_inputs
+        from .models.train_reach import load_or_train
+
+        calibration = calibration_inputs(256, batch_size=32)
+        return {"model": load_or_train(), "example_inputs": tuple(t[:1] for t in calibration[0]),
+                "calibration": calibration, "input_names": ["image", "instruction", "state"],
+                "output_names": ["actions"]}
+    module_name, _, function_name = source.partition(":")
+    if not function_name:
+        raise ValueError(f"model source {source!r}: expected 'reach' or MODULE:FUNCTION (e.g. mypkg.policy:build)")
+    try:
+        factory = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load {source!r}: {e}") from e
+    spec = factory()
+    if not isinstance(spec, dict) or "model" not in spec or "example_inputs" not in spec:
+        raise ValueError(f"{source} must return a dict with 'model' and 'example_inputs' (and optionally "
+                         f"'calibration'), got {type(spec).__name__}")
+    return spec
+
+
+def _export(args) -> int:
+    from edgevla.exporters.compress import compress
+    from edgevla.exporters.onnx_export import export
+
+    spec = _load_source(args.source)
+    model = spec["model"]
+    if args.method:
+        result = compress(model, args.method, calibration=spec.get("calibration"), include=args.include or None)
+        model = result.model
+        print(result.report.table())
+    export(model, tuple(spec["example_inputs"]), args.output, opset=args.opset, dynamic_batch=args.dynamic_batch,
+           input_names=spec.get("input_names"), output_names=spec.get("output_names"),
+           onnxruntime_int4=args.onnxruntime_int4)
+    from edgevla.exporters.inspect_onnx import inspect_file
+
+    print(inspect_file(args.output))
+    return 0
+
+
 def _inspect(args) -> int:
     from edgevla.exporters.inspect_onnx import inspect_file
 
@@ -110,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the rows as JSON to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_bench)
+
+    p = verbs.add_parser("export", help="compress (optionally) and export a PyTorch policy to ONNX with ai.edgevla ops")
+    p.add_argument("source", help="'reach' (the reference policy) or MODULE:FUNCTION returning "
+                                  "{'model', 'example_inputs'[, 'calibration']}")
+    p.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    p.add_argument("--method", help="compression method first (sign, billm, hbvla, nm, dense_sparse, group_sparse)")
+    p.add_argument("--include", action="append", help="module name pattern to compress (repeatable)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 21 with --onnxruntime-int4)")
+    p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension (onnxruntime use)")
+    p.add_argument("--onnxruntime-int4", action="store_true",
+                   help="binary layers as INT4 + DequantizeLinear, which onnxruntime runs as MatMulNBits")
+    p.set_defaults(func=_export)
 
     p = verbs.add_parser("inspect", help="per-layer format, bits/weight and bytes of an exported ONNX file, and "
                                          "its compression ratio vs fp32")

@@ -12,7 +12,7 @@ def test_help_lists_only_working_verbs():
     out = subprocess.run([sys.executable, "-m", "edgevla.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     verbs = set(build_parser()._subparsers._group_actions[0].choices)
-    assert verbs == {"demo", "bench", "inspect", "compile", "verify", "run"}
+    assert verbs == {"demo", "bench", "export", "inspect", "compile", "verify", "run"}
     for verb in verbs:
         assert verb in out.stdout
 
@@ -54,3 +54,22 @@ def test_inspect_refuses_a_newer_op_version(reach_onnx, tmp_path, capsys):
     onnx.save(model, tmp_path / "future.onnx")
     assert main(["inspect", str(tmp_path / "future.onnx")]) == 2
     assert "version 99" in capsys.readouterr().err
+
+
+def build_small_model():
+    """A MODULE:FUNCTION model source for `edgevla export`."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                                torch.nn.Linear(64, 2))
+    return {"model": model, "example_inputs": (torch.zeros(1, 8),), "calibration": [torch.randn(16, 8)]}
+
+
+def test_export_verb_with_a_user_factory(tmp_path, capsys):
+    out = tmp_path / "small.onnx"
+    assert main(["export", "tests.test_cli:build_small_model", "-o", str(out), "--method", "nm"]) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and "NMSparseMatMul" in text and "1 compressed layers" in text
+    assert main(["export", "tests.test_cli:nothing_here", "-o", str(out)]) == 2
+    assert main(["export", "no_colon", "-o", str(out)]) == 2
