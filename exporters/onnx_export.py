@@ -88,6 +88,21 @@ FUNCTION_BUILDERS = {op_name: builder for op_name, builder in OPS.values()}
 EXPORTABLE_FORMATS = set(OPS)  # formats whose packed Linear layers leave torch as one ai.edgevla op
 
 
+def _export_failure(model, error: Exception) -> str:
+    """One readable line from torch.export's long report: what failed and where in the user's code."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    where = re.search(r'File "([^"]+)", line (\d+), in (\w+)\n\s*(.+)', text)
+    location = f" at {where.group(1)}:{where.group(2)} in {where.group(3)} (`{where.group(4).strip()}`)" if where else ""
+    if "data-dependent" in text or "GuardOnDataDependent" in text:
+        return (f"could not export {type(model).__name__}: data-dependent control flow{location}; rewrite it "
+                "with torch.where / torch.cond or make the branch static")
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return (f"could not export {type(model).__name__} to ONNX{location}: {first}. Unsupported module types and "
+            "data-dependent control flow must be removed or rewritten first")
+
+
 def export(model, example_inputs: Sequence, path: str | Path, *, opset: int | None = None,
            dynamic_batch: bool = False, input_names: Sequence[str] | None = None,
            output_names: Sequence[str] | None = None, onnxruntime_int4: bool = False) -> onnx.ModelProto:
@@ -140,8 +155,7 @@ def export(model, example_inputs: Sequence, path: str | Path, *, opset: int | No
                                         dynamic_shapes=dynamic_shapes, input_names=input_names,
                                         output_names=output_names, optimize=True)
         except Exception as e:  # torch raises many types here; name the model and chain the cause
-            raise RuntimeError(f"could not export {type(model).__name__} to ONNX: {e}. Data-dependent control "
-                               "flow and unsupported module types must be removed or rewritten first") from e
+            raise RuntimeError(_export_failure(model, e)) from e
         finally:
             registration_log.setLevel(previous_level)
     proto = program.model_proto

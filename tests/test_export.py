@@ -104,3 +104,15 @@ def test_compress_errors_are_clear():
     model[1].weight.data[0, 0] = float("nan")
     with pytest.raises(ValueError, match="layer '1'.*NaN"):
         compress(model, "sign", include=["1"])
+
+
+def test_data_dependent_control_flow_is_a_clear_error(tmp_path):
+    class Branchy(torch.nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:  # depends on the data: cannot be traced into one graph
+                return x * 2
+            return x - 1
+
+    with pytest.raises(RuntimeError, match=r"could not export Branchy: data-dependent control flow at .*"
+                                           r"test_export.py:\d+ in forward \(`if x.sum\(\) > 0:"):
+        export(Branchy(), (torch.randn(2, 3),), tmp_path / "b.onnx")
