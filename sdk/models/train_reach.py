@@ -23,6 +23,9 @@ from edgevla.runtime.robots.sim_reach import SimReach, ReachConfig, expert_chunk
 from .reach_vla import ReachVLA, ReachVLAConfig
 
 HELD_OUT_SEED_OFFSET = 1_000_000  # evaluation episodes use seeds from here; training seeds stay below
+# Bump when anything that changes the trained weights changes (data collection, loss, architecture code):
+# cached checkpoints are keyed by this and the three config dataclasses.
+RECIPE_VERSION = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,9 +48,8 @@ def default_cache_dir() -> Path:
 
 
 def checkpoint_key(model_config: ReachVLAConfig, train_config: TrainConfig, task: ReachConfig) -> str:
-    source = Path(__file__).read_bytes() + Path(__file__).with_name("reach_vla.py").read_bytes()
-    blob = json.dumps([asdict(model_config), asdict(train_config), asdict(task)], sort_keys=True).encode()
-    return hashlib.sha256(blob + source).hexdigest()[:16]
+    blob = json.dumps([RECIPE_VERSION, asdict(model_config), asdict(train_config), asdict(task)], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def collect_demonstrations(train: TrainConfig, model: ReachVLAConfig, task: ReachConfig,
