@@ -19,9 +19,10 @@ DOMAIN = "ai.edgevla"
 class Body:
     """A tiny builder for function bodies: every call adds one node and returns its output name."""
 
-    def __init__(self):
+    def __init__(self, conv: bool = False):
         self.nodes: list[onnx.NodeProto] = []
         self._count = 0
+        self.conv = conv  # the Conv2d form: the decoded [O, C*kh*kw] matrix becomes a Conv weight
 
     def _name(self, hint: str) -> str:
         self._count += 1
@@ -69,18 +70,42 @@ class Body:
         self.nodes.append(helper.make_node("MatMul", [x, self.op("Transpose", [weight], perm=[1, 0])], [out]))
         return out
 
+    def finish(self, weight: str) -> str:
+        """Y from the decoded weight [N, K]: X @ W.T, or for the conv form Conv(X, W as [O, C, kh, kw])."""
+        if not self.conv:
+            return self.matmul_transposed("X", weight)
+        kernel = self._name("kernel_shape")
+        self.nodes.append(onnx.NodeProto(op_type="Constant", output=[kernel], attribute=[
+            onnx.AttributeProto(name="value_ints", ref_attr_name="kernel_shape", type=onnx.AttributeProto.INTS)]))
+        shape = self.op("Concat", [self.dim(weight, 0), self.const([-1]), kernel], axis=0)
+        conv_attrs = [onnx.AttributeProto(name=a, ref_attr_name=a, type=onnx.AttributeProto.INTS)
+                      for a in ("strides", "pads", "dilations")]
+        self.nodes.append(onnx.NodeProto(op_type="Conv", input=["X", self.op("Reshape", [weight, shape])], output=["Y"],
+                                         attribute=conv_attrs))
+        return "Y"
+
     def function(self, name: str, inputs: list[str], attributes: list[str], opset: int) -> onnx.FunctionProto:
+        if self.conv:
+            name = conv_op_name(name)
+            attributes = attributes + list(CONV_ATTRIBUTES)
         return helper.make_function(DOMAIN, name, inputs, ["Y"], self.nodes, [helper.make_opsetid("", opset)],
                                     attributes=attributes)
 
 
-def binary_body(opset: int) -> onnx.FunctionProto:
-    b = Body()
+CONV_ATTRIBUTES = ("kernel_shape", "strides", "pads", "dilations")
+
+
+def conv_op_name(matmul_name: str) -> str:
+    return matmul_name.replace("MatMul", "Conv2d")
+
+
+def binary_body(opset: int, conv: bool = False) -> onnx.FunctionProto:
+    b = Body(conv)
     k, g = b.attr_int("in_features"), b.attr_int("group_size")
     signs = b.op("Reshape", [b.signs("bits"), b.op("Concat", [b.const([0, -1]), g], axis=0)])  # [N, Kp/G, G]
     scales = b.op("Unsqueeze", [b.op("Cast", ["scales"], to=TensorProto.FLOAT), b.const([-1])])
     weight = b.op("Reshape", [b.op("Mul", [signs, scales]), b.const([0, -1])])
-    b.matmul_transposed("X", b.first_columns(weight, k))
+    b.finish(b.first_columns(weight, k))
     return b.function("BinaryMatMul", ["X", "bits", "scales"], ["in_features", "group_size"], opset)
 
 
@@ -102,8 +127,8 @@ def binary_int4_body(opset: int) -> onnx.FunctionProto:
     return b.function("BinaryMatMul", ["X", "bits", "scales"], ["in_features", "group_size"], opset)
 
 
-def nm_body(opset: int) -> onnx.FunctionProto:
-    b = Body()
+def nm_body(opset: int, conv: bool = False) -> onnx.FunctionProto:
+    b = Body(conv)
     k, n, m = b.attr_int("in_features"), b.attr_int("n"), b.attr_int("m")
     # index width b = ceil(log2 m), computed in-graph from the attribute
     m_float = b.op("Cast", [m], to=TensorProto.FLOAT)
@@ -126,7 +151,7 @@ def nm_body(opset: int) -> onnx.FunctionProto:
     zeros = b.op("ConstantOfShape", [b.op("Concat", [rows, padded_k], axis=0)],
                  value=helper.make_tensor("z", TensorProto.FLOAT, [1], [0.0]))
     dense = b.op("ScatterElements", [zeros, position, b.op("Cast", ["values"], to=TensorProto.FLOAT)], axis=1)
-    b.matmul_transposed("X", b.first_columns(dense, k))
+    b.finish(b.first_columns(dense, k))
     return b.function("NMSparseMatMul", ["X", "values", "indices"], ["in_features", "n", "m"], opset)
 
 
@@ -142,9 +167,9 @@ def _haar_inverse_rows(b: Body, wh: str) -> str:
     return b.op("Reshape", [pairs, b.const([0, -1])])
 
 
-def haar_binary_body(opset: int) -> onnx.FunctionProto:
+def haar_binary_body(opset: int, conv: bool = False) -> onnx.FunctionProto:
     """Dense decoding (the oracle): Wh from signs and log scales, inverse Haar, scatter with salient columns."""
-    b = Body()
+    b = Body(conv)
     k, g = b.attr_int("in_features"), b.attr_int("group_size")
     signs = b.op("Reshape", [b.signs("bits"), b.op("Concat", [b.const([0, -1]), g], axis=0)])  # [N, Kh/G, G]
     codes = b.op("Cast", ["scale_codes"], to=TensorProto.FLOAT)
@@ -176,28 +201,32 @@ def haar_binary_body(opset: int) -> onnx.FunctionProto:
     grid_sal = b.op("Expand", [b.op("Unsqueeze", [salient, b.const([0])]),
                                b.op("Concat", [rows, b.dim(salient, 0)], axis=0)])
     dense = b.op("ScatterElements", [dense, grid_sal, ws], axis=1)
-    b.matmul_transposed("X", dense)
+    b.finish(dense)
     return b.function("HaarBinaryMatMul", ["X", "salient_idx", "salient_bits", "salient_residual_bits",
                                            "salient_scales", "bits", "scale_codes", "scale_base"],
                       ["in_features", "salient", "group_size"], opset)
 
 
-def dense_sparse_body(opset: int) -> onnx.FunctionProto:
-    b = Body()
+def dense_sparse_body(opset: int, conv: bool = False) -> onnx.FunctionProto:
+    b = Body(conv)
     k, atoms = b.attr_int("in_features"), b.attr_int("atoms")
     zeros = b.op("ConstantOfShape", [b.op("Concat", [atoms, k], axis=0)],
                  value=helper.make_tensor("z", TensorProto.FLOAT, [1], [0.0]))
     index = b.op("Transpose", [b.op("Cast", ["atom_idx"], to=TensorProto.INT64)], perm=[1, 0])  # [s, K]
     values = b.op("Transpose", [b.op("Cast", ["values"], to=TensorProto.FLOAT)], perm=[1, 0])
     sparse = b.op("ScatterElements", [zeros, index, values], axis=0, reduction="add")  # [A, K]
-    codes = b.op("MatMul", ["X", b.op("Transpose", [sparse], perm=[1, 0])])  # [..., A]
-    b.matmul_transposed(codes, b.op("Cast", ["dictionary"], to=TensorProto.FLOAT))
+    dictionary = b.op("Cast", ["dictionary"], to=TensorProto.FLOAT)
+    if conv:
+        b.finish(b.op("MatMul", [dictionary, sparse]))
+    else:  # x S^T first (s multiply-adds per input), then the dense atoms: never form W
+        codes = b.op("MatMul", ["X", b.op("Transpose", [sparse], perm=[1, 0])])  # [..., A]
+        b.matmul_transposed(codes, dictionary)
     return b.function("DenseSparseMatMul", ["X", "dictionary", "values", "atom_idx"],
                       ["in_features", "atoms", "nonzeros"], opset)
 
 
-def group_sparse_body(opset: int) -> onnx.FunctionProto:
-    b = Body()
+def group_sparse_body(opset: int, conv: bool = False) -> onnx.FunctionProto:
+    b = Body(conv)
     k, g = b.attr_int("in_features"), b.attr_int("group")
     rows, kept = b.dim("group_idx", 0), b.dim("group_idx", 1)
     start = b.op("Mul", [b.op("Cast", ["group_idx"], to=TensorProto.INT64), g])  # [N, r]
@@ -209,12 +238,12 @@ def group_sparse_body(opset: int) -> onnx.FunctionProto:
                  value=helper.make_tensor("z", TensorProto.FLOAT, [1], [0.0]))
     dense = b.op("ScatterElements", [zeros, position, b.op("Cast", ["values"], to=TensorProto.FLOAT)], axis=1)
     del kept
-    b.matmul_transposed("X", b.first_columns(dense, k))
+    b.finish(b.first_columns(dense, k))
     return b.function("GroupSparseMatMul", ["X", "values", "group_idx"], ["in_features", "group", "kept"], opset)
 
 
-def binary_split_body(opset: int) -> onnx.FunctionProto:
-    b = Body()
+def binary_split_body(opset: int, conv: bool = False) -> onnx.FunctionProto:
+    b = Body(conv)
     k, block = b.attr_int("in_features"), b.attr_int("block_size")
     rows = b.dim("bits", 0)
     s1 = b.signs("bits")  # [N, Kp]
@@ -238,7 +267,7 @@ def binary_split_body(opset: int) -> onnx.FunctionProto:
     ws = b.op("Add", [b.op("Mul", [take(a1), take(s1)]), b.op("Mul", [take(a2), s2])])
     grid = b.op("Expand", [b.op("Unsqueeze", [salient, b.const([0])]), b.op("Concat", [rows, count], axis=0)])
     dense = b.op("ScatterElements", [dense, grid, ws], axis=1)
-    b.matmul_transposed("X", b.first_columns(dense, k))
+    b.finish(b.first_columns(dense, k))
     return b.function("SplitBinaryMatMul", ["X", "salient_idx", "bits", "residual_bits", "split_bits", "scales"],
                       ["in_features", "block_size", "salient"], opset)
 

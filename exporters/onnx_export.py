@@ -17,74 +17,74 @@ import onnx
 from onnx import defs
 
 from edgevla.runtime import formats
-from .onnx_bodies import DOMAIN, OPS, binary_int4_body
+from .onnx_bodies import CONV_ATTRIBUTES, DOMAIN, OPS, binary_int4_body, conv_op_name
 
 DOMAIN_VERSION = 1
 DEFAULT_OPSET = 18
 
 
 def _register_schemas() -> None:
-    """Register an op schema per format (the dynamo exporter needs them to emit custom-domain nodes)."""
-    P, A = defs.OpSchema.FormalParameter, defs.OpSchema.Attribute
+    """Register an op schema per format and form (the dynamo exporter needs them to emit custom nodes)."""
+    P, A = defs.OpSchema.FormalParameter, defs.OpSchema.AttrType
     packed_types = ["tensor(uint8)", "tensor(uint16)", "tensor(float16)", "tensor(float)"]
-    for format_name, (op_name, _) in OPS.items():
-        if defs.has(op_name, DOMAIN):
-            continue
+    for format_name, (matmul_name, _) in OPS.items():
         spec = formats.get_format(format_name)
-        inputs = [P("X", "T", "activations [..., K]")]
-        constraints = [("T", ["tensor(float)"], "float32 activations")]
-        for i, array in enumerate(spec.array_names):
-            inputs.append(P(array, f"P{i}", f"packed array {array!r} (edgevla.runtime.formats, {format_name})"))
-            constraints.append((f"P{i}", packed_types, "packed array dtype"))
-        defs.register_schema(defs.OpSchema(
-            op_name, DOMAIN, DOMAIN_VERSION,
-            doc=f"Y = X @ W.T with W in edgevla's {format_name!r} packed format (see edgevla.runtime.formats).",
-            inputs=inputs, outputs=[P("Y", "T", "[..., N]")], type_constraints=constraints,
-            attributes=[A(a, defs.OpSchema.AttrType.INT, a) for a in spec.attr_names]))
+        for op_name, conv in ((matmul_name, False), (conv_op_name(matmul_name), True)):
+            if defs.has(op_name, DOMAIN):
+                continue
+            inputs = [P("X", "T", "activations [N, C, H, W]" if conv else "activations [..., K]")]
+            constraints = [("T", ["tensor(float)"], "float32 activations")]
+            for i, array in enumerate(spec.array_names):
+                inputs.append(P(array, f"P{i}", f"packed array {array!r} (edgevla.runtime.formats, {format_name})"))
+                constraints.append((f"P{i}", packed_types, "packed array dtype"))
+            attributes = [defs.OpSchema.Attribute(a, A.INT, a) for a in spec.attr_names]
+            if conv:
+                attributes += [defs.OpSchema.Attribute(a, A.INTS, a) for a in CONV_ATTRIBUTES]
+            what = "Conv(X, W as [O, C, kh, kw])" if conv else "Y = X @ W.T"
+            defs.register_schema(defs.OpSchema(
+                op_name, DOMAIN, DOMAIN_VERSION, inputs=inputs, outputs=[P("Y", "T", "output")],
+                doc=f"{what} with W in edgevla's {format_name!r} packed format (see edgevla.runtime.formats).",
+                type_constraints=constraints, attributes=attributes))
 
 
 _register_schemas()
 
 
-def _translation_table():
+def _translation_function(format_name: str, conv: bool):
+    """The onnxscript translation of `edgevla::<format>_{matmul|conv2d}`: emit one ai.edgevla node.
+    Generated from the format's registry entry so every format and form has the same shape of code."""
     import onnxscript
+
+    spec = formats.get_format(format_name)
+    op_name = OPS[format_name][0] if not conv else conv_op_name(OPS[format_name][0])
+    ints = list(spec.attr_names)
+    int_lists = list(CONV_ATTRIBUTES) if conv else []
+    params = ", ".join(["x", *spec.array_names, *(f"{a}: int" for a in ints),
+                        *(f"{a}: Sequence[int]" for a in int_lists)])
+    call = ", ".join(["x", *spec.array_names, *(f"{a}={a}" for a in ints + int_lists)])
+    source = f"def translate({params}):\n    return ev.{op_name}({call})\n"
+    scope = {"ev": onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION), "Sequence": Sequence}
+    exec(compile(source, f"<edgevla {op_name} translation>", "exec"), scope)  # noqa: S102 (our own template)
+    return scope["translate"]
+
+
+def _translation_table():
     import torch
 
-    from .packed_layers import PACKED_OPS  # noqa: F401  (defines torch.ops.edgevla.*)
-
-    ev = onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION)
-
-    def binary(x, bits, scales, in_features: int, group_size: int):
-        return ev.BinaryMatMul(x, bits, scales, in_features=in_features, group_size=group_size)
-
-    def nm(x, values, indices, in_features: int, n: int, m: int):
-        return ev.NMSparseMatMul(x, values, indices, in_features=in_features, n=n, m=m)
-
-    def haar_binary(x, salient_idx, salient_bits, salient_residual_bits, salient_scales, bits, scale_codes,
-                    scale_base, in_features: int, salient: int, group_size: int):
-        return ev.HaarBinaryMatMul(x, salient_idx, salient_bits, salient_residual_bits, salient_scales, bits,
-                                   scale_codes, scale_base, in_features=in_features, salient=salient,
-                                   group_size=group_size)
-
-    def binary_split(x, salient_idx, bits, residual_bits, split_bits, scales, in_features: int, block_size: int,
-                     salient: int):
-        return ev.SplitBinaryMatMul(x, salient_idx, bits, residual_bits, split_bits, scales,
-                                    in_features=in_features, block_size=block_size, salient=salient)
-
-    def dense_sparse(x, dictionary, values, atom_idx, in_features: int, atoms: int, nonzeros: int):
-        return ev.DenseSparseMatMul(x, dictionary, values, atom_idx, in_features=in_features, atoms=atoms,
-                                    nonzeros=nonzeros)
-
-    def group_sparse(x, values, group_idx, in_features: int, group: int, kept: int):
-        return ev.GroupSparseMatMul(x, values, group_idx, in_features=in_features, group=group, kept=kept)
+    from . import packed_layers  # noqa: F401  (defines torch.ops.edgevla.*)
 
     ops = torch.ops.edgevla
-    return {ops.binary_matmul.default: binary, ops.nm_matmul.default: nm, ops.haar_binary_matmul.default: haar_binary,
-            ops.binary_split_matmul.default: binary_split, ops.dense_sparse_matmul.default: dense_sparse,
-            ops.group_sparse_matmul.default: group_sparse}
+    table = {ops.binary_matmul.default: _translation_function("binary", False)}
+    for format_name in OPS:
+        if format_name != "binary":
+            table[getattr(ops, f"{format_name}_matmul").default] = _translation_function(format_name, False)
+        table[getattr(ops, f"{format_name}_conv2d").default] = _translation_function(format_name, True)
+    return table
 
 
 FUNCTION_BUILDERS = {op_name: builder for op_name, builder in OPS.values()}
+FUNCTION_BUILDERS.update({conv_op_name(op_name): (lambda opset, b=builder: b(opset, conv=True))
+                          for op_name, builder in OPS.values()})
 EXPORTABLE_FORMATS = set(OPS)  # formats whose packed Linear layers leave torch as one ai.edgevla op
 
 
@@ -115,15 +115,14 @@ def export(model, example_inputs: Sequence, path: str | Path, *, opset: int | No
     """
     import torch
 
-    from .packed_layers import PackedConv2d, PackedLinear
+    from .packed_layers import PackedLinear
 
     unexportable = [f"{name} ({type(m).__name__}, format {m.format_name!r})" for name, m in model.named_modules()
-                    if isinstance(m, PackedLinear) and (m.format_name not in EXPORTABLE_FORMATS
-                                                        or isinstance(m, PackedConv2d))]
+                    if isinstance(m, PackedLinear) and m.format_name not in EXPORTABLE_FORMATS]
     if unexportable:
         raise ValueError(f"no ONNX exporter yet for these packed layers: {', '.join(unexportable)}; this edgevla "
-                         f"exports Linear layers in formats {sorted(EXPORTABLE_FORMATS)}, no packed Conv2d yet (a "
-                         "dense export would silently undo the compression)")
+                         f"exports formats {sorted(EXPORTABLE_FORMATS)} (a dense export would silently undo the "
+                         "compression)")
     opset = opset or (21 if onnxruntime_int4 else DEFAULT_OPSET)
     if onnxruntime_int4:
         if opset < 21:

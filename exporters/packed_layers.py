@@ -127,6 +127,40 @@ PACKED_OPS = {name: _define_packed_op(name) for name in ("nm", "haar_binary", "b
                                                           "group_sparse")}
 
 
+def _define_packed_conv_op(format_name: str):
+    """`edgevla::<format>_conv2d(x, *arrays, *int attrs, kernel_shape, strides, pads, dilations)`: a Conv2d
+    whose weight [O, C*kh*kw] is packed; pads in ONNX order (begin..., end...)."""
+    spec = formats.get_format(format_name)
+    arrays = ", ".join(f"Tensor {a}" for a in spec.array_names)
+    attrs = ", ".join(f"int {a}" for a in spec.attr_names)
+    qualified = f"edgevla::{format_name}_conv2d"
+    torch.library.define(qualified, f"(Tensor x, {arrays}, {attrs}, int[] kernel_shape, int[] strides, int[] pads, "
+                                    "int[] dilations) -> Tensor")
+    count = len(spec.array_names)
+
+    @torch.library.impl(qualified, "CompositeExplicitAutograd")
+    def _impl(x, *args):
+        tensors, ints = args[:count], args[count:count + len(spec.attr_names)]
+        kernel, strides, pads, dilations = args[count + len(spec.attr_names):]
+        rows = _out_features(format_name, tensors)
+        packed = formats.PackedWeight(format_name, {n: t.cpu().numpy() for n, t in zip(spec.array_names, tensors)},
+                                      dict(zip(spec.attr_names, ints)), int(rows))
+        weight = torch.from_numpy(spec.unpack(packed)).to(x).reshape(rows, -1, *kernel)
+        return torch.nn.functional.conv2d(x, weight, None, strides, pads[:2], dilations)
+
+    @torch.library.register_fake(qualified)
+    def _fake(x, *args):
+        tensors = args[:count]
+        kernel, strides, pads, dilations = args[count + len(spec.attr_names):]
+        out = [(x.shape[2 + i] + 2 * pads[i] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1 for i in range(2)]
+        return x.new_empty((x.shape[0], _out_features(format_name, tensors), *out))
+
+    return getattr(torch.ops.edgevla, f"{format_name}_conv2d").default
+
+
+PACKED_CONV_OPS = {name: _define_packed_conv_op(name) for name in formats.REGISTRY}
+
+
 class DecodedLinear(PackedLinear):
     """Formats whose eager forward multiplies by the format's reference decoding (cached, not saved);
     under torch.export the layer is one `edgevla::<format>_matmul` node instead. The packed arrays
@@ -159,6 +193,12 @@ class PackedConv2d(DecodedLinear):
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting():
+            spec = formats.get_format(self.format_name)
+            y = PACKED_CONV_OPS[self.format_name](
+                x, *(getattr(self, a) for a in spec.array_names), *(int(self.attrs[a]) for a in spec.attr_names),
+                list(self.kernel_size), list(self.stride), list(self.padding) * 2, list(self.dilation))
+            return y if self.bias is None else y + self.bias[None, :, None, None]
         if self._decoded is None or self._decoded.device != x.device:
             self._decoded = self.dense_weight().to(x.device)
         weight = self._decoded.to(x.dtype).reshape(self.out_channels, self.in_channels, *self.kernel_size)

@@ -134,3 +134,31 @@ def test_onnxruntime_int4_path_fuses_to_matmulnbits(tmp_path):
                                            dense.bias, method="sign"))
     with pytest.raises(ValueError, match="multiple of group_size"):
         export(bad, (torch.randn(1, 100),), tmp_path / "bad.onnx", onnxruntime_int4=True)
+
+
+@pytest.mark.parametrize("method,options", [("sign", {"group_size": 72}), ("billm", {"block_size": 72}),
+                                            ("hbvla", {"max_bits": 3.0}), ("nm", {"criterion": "sparsegpt"}),
+                                            ("dense_sparse", {"atoms": 8, "nonzeros": 2, "iterations": 2}),
+                                            ("group_sparse", {})])
+def test_packed_conv2d_parity(tmp_path, method, options):
+    from edgevla.exporters.compress import compress
+    from edgevla.exporters.onnx_bodies import conv_op_name
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 12, 3, stride=2, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(12, 4, 1)).eval()
+    batches = [torch.randn(4, 3, 10, 10)]
+    compressed = compress(model, method, calibration=batches, include=["2"], **options).model
+    path = tmp_path / "conv.onnx"
+    x = torch.randn(2, 3, 10, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = export(compressed, (x,), path, input_names=["x"])
+    custom = [n.op_type for n in proto.graph.node if n.domain == "ai.edgevla"]
+    assert len(custom) == 1 and custom[0] == conv_op_name(OPS[compressed[2].format_name][0])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = compressed(x).numpy()
+    np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected, **TOLERANCE)
+    np.testing.assert_allclose(ReferenceEvaluator(proto).run(None, {"x": x.numpy()})[0], expected, **TOLERANCE)
