@@ -72,7 +72,7 @@ def test_format_parity(tmp_path, case, n, k, dynamic):
         np.testing.assert_allclose(model(torch.from_numpy(x)).numpy(), ref, **TOLERANCE)
 
 
-def test_every_function_passes_the_full_checker_in_a_clean_process(tmp_path):
+def test_every_function_passes_the_full_checker_in_a_clean_process(tmp_path):  # matmul and conv forms
     import subprocess
     import sys
 
@@ -83,6 +83,17 @@ def test_every_function_passes_the_full_checker_in_a_clean_process(tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             export(model, (torch.randn(2, 40),), path)
+        paths.append(str(path))
+    from edgevla.exporters.compress import compress
+
+    convnet = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 8, 3), torch.nn.Conv2d(8, 2, 1)).eval()
+    for method in ("sign", "hbvla", "nm", "dense_sparse", "group_sparse", "billm"):
+        options = {"max_bits": 3.0} if method == "hbvla" else {}
+        packed = compress(convnet, method, calibration=[torch.randn(2, 3, 8, 8)], include=["1"], **options).model
+        path = tmp_path / f"conv_{method}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            export(packed, (torch.randn(1, 3, 8, 8),), path)
         paths.append(str(path))
     code = "import onnx,sys\nfor p in sys.argv[1:]: onnx.checker.check_model(onnx.load(p), full_check=True)\nprint('ok')"
     out = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True)
