@@ -19,7 +19,7 @@ from torch import nn
 from edgevla.runtime import formats
 from .calibration import collect_layer_stats, compute_device
 from .methods import METHOD_OPTIONS, METHODS, NEEDS_CALIBRATION, POLICY_AWARE
-from .packed_layers import PackedLinear, compressible, packed_module, weight_matrix
+from .packed_layers import compressible, packed_module, replace_module, weight_matrix
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,8 +86,9 @@ def default_targets(model: nn.Module, min_in_features: int = 32) -> tuple[list[s
     for i, name in enumerate(linears):
         layer = model.get_submodule(name)
         in_features = layer.weight[0].numel()
-        if _not_called(model, name):
-            kept[name] = _not_called(model, name)
+        fused = _not_called(model, name)
+        if fused:
+            kept[name] = fused
         elif i == 0:
             kept[name] = "first layer (input side / stem) kept in full precision"
         elif i == len(linears) - 1:
@@ -126,9 +127,10 @@ def compress(model: nn.Module, method: str, *, calibration: Iterable | None = No
         targets = [n for n in linears if any(fnmatch.fnmatchcase(n, p) for p in include)]
         kept = {n: "not matched by include" for n in linears if n not in targets}
         for n in list(targets):
-            if _not_called(model, n):
+            fused = _not_called(model, n)
+            if fused:
                 targets.remove(n)
-                kept[n] = _not_called(model, n)
+                kept[n] = fused
         if not targets:
             raise ValueError(f"include patterns {include} match no Linear/Conv2d layer; those layers are: {linears}")
     else:
@@ -148,29 +150,18 @@ def compress(model: nn.Module, method: str, *, calibration: Iterable | None = No
         stats = None
         if calibration:
             stats = collect_layer_stats(model, name, calibration, policy_aware=method in POLICY_AWARE, device=device)
-        weight = weight_matrix(layer).to(device=device, dtype=torch.float64)
-        if not torch.isfinite(weight).all():
-            bad = torch.nonzero(~torch.isfinite(weight))[0].tolist()
-            raise ValueError(f"layer {name!r} ({tuple(weight.shape)}): weight has a NaN or inf at row {bad[0]}, "
-                             f"column {bad[1]}; fix the model (or its training) before compressing")
+        weight = _finite_weight(layer, name, device)
         try:
             packed = METHODS[method](weight, stats, **options)
         except ValueError as e:
             raise ValueError(f"layer {name!r} ({tuple(weight.shape)}): {e}") from e
         new_layer = packed_module(packed, layer, method=method).to(layer.weight.device)
-        error = None
-        if stats is not None:
-            dense = torch.from_numpy(formats.get_format(packed.format).unpack(packed)).to(device)
-            error = stats.output_error(weight, dense.to(torch.float64), None if layer.bias is None else
-                                       layer.bias.detach().to(device))
-        _set_submodule(model, name, new_layer)
+        error = None if stats is None else _output_error(stats, weight, packed, layer)
+        replace_module(model, name, new_layer)
         report.layers.append(LayerReport(name=name, shape=tuple(weight.shape), method=method,
                                          bits_per_weight=packed.bits_per_weight, relative_error=error,
                                          note=_layout_note(packed)))
-    for name, reason in kept.items():
-        layer = model.get_submodule(name)
-        report.layers.append(LayerReport(name=name, shape=tuple(weight_matrix(layer).shape), method="kept",
-                                         bits_per_weight=32.0, relative_error=None, note=reason))
+    report.layers += _kept_rows(model, kept)
     if finetune.get("finetune_loss") is not None:
         from .finetune import finetune_dense_sparse
 
@@ -206,7 +197,7 @@ def _compress_to_budget(model, targets, kept, calibration, device, *, candidates
     total_weights = 0
     for name in targets:
         layer = model.get_submodule(name)
-        weight = weight_matrix(layer).to(device=device, dtype=torch.float64)
+        weight = _finite_weight(layer, name, device)
         total_weights += weight.numel()
         # Errors are always measured with the plain statistics so that candidates compare on one scale.
         plain = collect_layer_stats(model, name, calibration, device=device)
@@ -221,8 +212,7 @@ def _compress_to_budget(model, targets, kept, calibration, device, *, candidates
                 packed = METHODS[cand_method](weight, stats, **cand_options)
             except ValueError:
                 continue  # e.g. hbvla cannot meet its own bit budget on this shape: not a choice here
-            dense = torch.from_numpy(formats.get_format(packed.format).unpack(packed)).to(device).double()
-            error = plain.output_error(weight, dense, None if layer.bias is None else layer.bias.detach())
+            error = _output_error(plain, weight, packed, layer)
             if budget_seconds is not None:
                 if packed.format not in cost_table:
                     raise ValueError(f"cost_table has no entry for format {packed.format!r}")
@@ -244,15 +234,33 @@ def _compress_to_budget(model, targets, kept, calibration, device, *, candidates
     for name, layer_options, pick in zip(targets, options_per_layer, chosen):
         cand_method, packed, error = layer_options[pick]
         layer = model.get_submodule(name)
-        _set_submodule(model, name, packed_module(packed, layer, method=cand_method).to(layer.weight.device))
+        replace_module(model, name, packed_module(packed, layer, method=cand_method).to(layer.weight.device))
         report.layers.append(LayerReport(name=name, shape=tuple(weight_matrix(layer).shape), method=cand_method,
                                          bits_per_weight=packed.bits_per_weight, relative_error=error,
                                          note=f"budget pick; {_layout_note(packed)}".rstrip("; ")))
-    for name, reason in kept.items():
-        layer = model.get_submodule(name)
-        report.layers.append(LayerReport(name=name, shape=tuple(weight_matrix(layer).shape), method="kept",
-                                         bits_per_weight=32.0, relative_error=None, note=reason))
+    report.layers += _kept_rows(model, kept)
     return Compressed(model=model, report=report)
+
+
+def _finite_weight(layer: nn.Module, name: str, device: torch.device) -> torch.Tensor:
+    """The layer's weight matrix in float64 on `device`; NaN or inf is an error naming the layer and entry."""
+    weight = weight_matrix(layer).to(device=device, dtype=torch.float64)
+    if not torch.isfinite(weight).all():
+        bad = torch.nonzero(~torch.isfinite(weight))[0].tolist()
+        raise ValueError(f"layer {name!r} ({tuple(weight.shape)}): weight has a NaN or inf at row {bad[0]}, "
+                         f"column {bad[1]}; fix the model (or its training) before compressing")
+    return weight
+
+
+def _output_error(stats, weight: torch.Tensor, packed: formats.PackedWeight, layer: nn.Module) -> float:
+    dense = torch.from_numpy(formats.unpack(packed)).to(weight)
+    bias = None if layer.bias is None else layer.bias.detach().to(weight.device)
+    return stats.output_error(weight, dense, bias)
+
+
+def _kept_rows(model: nn.Module, kept: dict[str, str]) -> list[LayerReport]:
+    return [LayerReport(name=name, shape=tuple(weight_matrix(model.get_submodule(name)).shape), method="kept",
+                        bits_per_weight=32.0, relative_error=None, note=reason) for name, reason in kept.items()]
 
 
 def _layout_note(packed: formats.PackedWeight) -> str:
@@ -271,7 +279,3 @@ def _layout_note(packed: formats.PackedWeight) -> str:
         notes.append(f"{a['n']}:{a['m']}")
     return ", ".join(notes)
 
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)

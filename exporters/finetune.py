@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from edgevla.runtime import formats
-from .packed_layers import PackedLinear, packed_module
+from .packed_layers import PackedLinear, packed_linear, replace_module
 
 
 def _column_topk_mask(codes: torch.Tensor, nonzeros: int) -> torch.Tensor:
@@ -73,7 +73,7 @@ def finetune_dense_sparse(model: nn.Module, loss_fn: Callable[[nn.Module], torch
     trainable = {}
     for name, layer in layers:
         trainable[name] = _TrainableDenseSparse(layer)
-        _replace(model, name, trainable[name])
+        replace_module(model, name, trainable[name])
     params = [p for t in trainable.values() for p in (t.dictionary, t.codes)]
     optimiser = torch.optim.Adam(params, lr=learning_rate)
     history = []
@@ -89,20 +89,8 @@ def finetune_dense_sparse(model: nn.Module, loss_fn: Callable[[nn.Module], torch
         model.eval()
         for name, t in trainable.items():
             packed = t.repack()
-            _replace(model, name, packed_module(packed, _LinearShape(t.original), method=t.original.method))
+            replace_module(model, name, packed_linear(packed, t.original.bias, method=t.original.method))
         for p in frozen:
             p.requires_grad_(True)
     return history
 
-
-class _LinearShape(nn.Module):
-    """What packed_module needs of the original Linear: its bias (Linear replacement path)."""
-
-    def __init__(self, layer: PackedLinear):
-        super().__init__()
-        self.bias = layer.bias
-
-
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)

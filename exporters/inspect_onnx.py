@@ -48,8 +48,7 @@ def inspect_model(model: onnx.ModelProto) -> list[LayerInfo]:
             raise ValueError(f"node {node.name!r}: packed inputs {missing} are not initializers")
         arrays = {a: numpy_helper.to_array(initializers[name]) for a, name in zip(spec.array_names, node.input[1:])}
         attrs = {a.name: a.i for a in node.attribute}
-        rows = arrays["dictionary"].shape[0] if format_name == "dense_sparse" else next(
-            arrays[a] for a in ("bits", "values") if a in arrays).shape[0]
+        rows = formats.out_features_of(format_name, arrays)
         packed = formats.packed_from_arrays(format_name, arrays, attrs, rows)
         layers.append(LayerInfo(node.name, node.op_type, format_name, (rows, packed.in_features), packed.nbytes,
                                 packed.bits_per_weight))

@@ -277,7 +277,6 @@ def _refit_group_scales(w0, h, order, s, q_sal, signs_h, haar, kn, group_size, f
     v[:, :, order[s:]] = back[:, :, :kn]
     target = w0.clone()
     target[:, order[:s]] -= q_sal
-    target[:, order[s:]] = w0[:, order[s:]]
     hv = v @ h  # [N, G, K]
     gram = hv @ v.transpose(1, 2)  # [N, G, G]
     rhs = (hv @ target[:, :, None])[:, :, 0]
@@ -346,9 +345,6 @@ def nm(weight: torch.Tensor, stats: LayerStats | None, *, n: int = 2, m: int = 4
     mask = torch.zeros(rows, k, dtype=torch.bool, device=w.device)
     hinv_diag = torch.diag(factor)
 
-    def start_block(j0, current):
-        pass
-
     def quantize_column(j, column):
         if j % m == 0:  # choose this group's kept weights from the updated values
             cols = slice(j, min(j + m, k))
@@ -357,7 +353,7 @@ def nm(weight: torch.Tensor, stats: LayerStats | None, *, n: int = 2, m: int = 4
         return torch.where(mask[:, j], column, torch.zeros_like(column))
 
     block = max(m, (128 // m) * m)
-    q = obs_sweep(w, factor, quantize_column, block=block, start_block=start_block)
+    q = obs_sweep(w, factor, quantize_column, block=block)
     return formats.pack_nm(_np(q).astype(np.float32), n=n, m=m, mask=_np(mask))
 
 

@@ -77,7 +77,7 @@ class PackedLinear(nn.Module):
         return self.packed().bits_per_weight
 
     def dense_weight(self) -> torch.Tensor:
-        return torch.from_numpy(formats.get_format(self.format_name).unpack(self.packed()))
+        return torch.from_numpy(formats.unpack(self.packed()))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, format={self.format_name}, "
@@ -105,22 +105,15 @@ def _define_packed_op(format_name: str):
     def _impl(x, *args):
         tensors, ints = args[:len(spec.array_names)], args[len(spec.array_names):]
         packed = formats.PackedWeight(format_name, {n: t.cpu().numpy() for n, t in zip(spec.array_names, tensors)},
-                                      dict(zip(spec.attr_names, ints)), int(_out_features(format_name, tensors)))
+                                      dict(zip(spec.attr_names, ints)), formats.out_features_of(format_name, tensors))
         return x @ torch.from_numpy(spec.unpack(packed)).to(x).T
 
     @torch.library.register_fake(qualified)
     def _fake(x, *args):
         tensors = args[:len(spec.array_names)]
-        return x.new_empty((*x.shape[:-1], _out_features(format_name, tensors)))
+        return x.new_empty((*x.shape[:-1], formats.out_features_of(format_name, tensors)))
 
     return getattr(torch.ops.edgevla, f"{format_name}_matmul").default
-
-
-def _out_features(format_name: str, tensors) -> int:
-    named = dict(zip(formats.get_format(format_name).array_names, tensors))
-    if format_name == "dense_sparse":
-        return named["dictionary"].shape[0]
-    return next(t for n, t in named.items() if n in ("bits", "values", "dictionary")).shape[0]
 
 
 PACKED_OPS = {name: _define_packed_op(name) for name in ("nm", "haar_binary", "binary_split", "dense_sparse",
@@ -142,7 +135,7 @@ def _define_packed_conv_op(format_name: str):
     def _impl(x, *args):
         tensors, ints = args[:count], args[count:count + len(spec.attr_names)]
         kernel, strides, pads, dilations = args[count + len(spec.attr_names):]
-        rows = _out_features(format_name, tensors)
+        rows = formats.out_features_of(format_name, tensors)
         packed = formats.PackedWeight(format_name, {n: t.cpu().numpy() for n, t in zip(spec.array_names, tensors)},
                                       dict(zip(spec.attr_names, ints)), int(rows))
         weight = torch.from_numpy(spec.unpack(packed)).to(x).reshape(rows, -1, *kernel)
@@ -153,7 +146,7 @@ def _define_packed_conv_op(format_name: str):
         tensors = args[:count]
         kernel, strides, pads, dilations = args[count + len(spec.attr_names):]
         out = [(x.shape[2 + i] + 2 * pads[i] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1 for i in range(2)]
-        return x.new_empty((x.shape[0], _out_features(format_name, tensors), *out))
+        return x.new_empty((x.shape[0], formats.out_features_of(format_name, tensors), *out))
 
     return getattr(torch.ops.edgevla, f"{format_name}_conv2d").default
 
@@ -232,3 +225,9 @@ def compressible(module: nn.Module) -> bool:
 def weight_matrix(module: nn.Module) -> torch.Tensor:
     """The layer's weight as the matrix [out, in] that formats pack (Conv2d: [O, C*kh*kw], im2col order)."""
     return module.weight.detach().reshape(module.weight.shape[0], -1)
+
+
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put `module` where the submodule called `name` (dotted path) is."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)

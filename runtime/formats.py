@@ -86,7 +86,7 @@ __all__ = ["FORMAT_VERSION", "PackedWeight", "FormatSpec", "REGISTRY", "register
            "pack_binary", "unpack_binary", "pack_nm", "unpack_nm", "nm_keep_mask", "nm_unpack_indices",
            "pack_binary_split", "unpack_binary_split", "pack_haar_binary", "unpack_haar_binary",
            "haar_binary_parts", "haar_forward", "haar_inverse", "haar_padded_length", "haar_other_columns",
-           "encode_log_scales", "decode_log_scales", "packed_nbytes", "pack_dense_sparse", "unpack_dense_sparse",
+           "encode_log_scales", "decode_log_scales", "packed_nbytes", "unpack", "out_features_of", "pack_dense_sparse", "unpack_dense_sparse",
            "pack_group_sparse", "unpack_group_sparse"]
 
 FORMAT_VERSION = 1  # bumped whenever any layout below changes; recorded in exported files and bundles
@@ -250,7 +250,7 @@ def pack_nm(weight: np.ndarray, *, n: int = 2, m: int = 4, mask: np.ndarray | No
 
 
 def nm_unpack_indices(packed: PackedWeight) -> np.ndarray:
-    n, m = packed.attrs["n"], packed.attrs["m"]
+    m = packed.attrs["m"]
     b = index_bits(m)
     fields = packed.arrays["values"].shape[1]
     bits = np.unpackbits(packed.arrays["indices"], axis=1, bitorder="little")[:, : fields * b]
@@ -545,6 +545,18 @@ def get_format(name: str) -> FormatSpec:
         return REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown packed format {name!r}; known formats: {sorted(REGISTRY)}") from None
+
+
+def unpack(packed: PackedWeight) -> np.ndarray:
+    """The dense float32 [N, K] weight of any packed weight (its format's reference decoding)."""
+    return get_format(packed.format).unpack(packed)
+
+
+def out_features_of(name: str, arrays) -> int:
+    """N, read off a format's arrays (numpy or torch): the leading dimension of the per-row array."""
+    spec = get_format(name)
+    per_row = "dictionary" if name == "dense_sparse" else next(a for a in spec.array_names if a in ("bits", "values"))
+    return int(dict(zip(spec.array_names, arrays) if not isinstance(arrays, dict) else arrays)[per_row].shape[0])
 
 
 def packed_from_arrays(name: str, arrays: dict[str, np.ndarray], attrs: dict[str, int],

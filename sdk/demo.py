@@ -57,6 +57,7 @@ def calibration_inputs(samples: int, seed: int = 7, batch_size: int = 1):
 
 
 def evaluate(policy, name: str, model_file: Path, episodes: int, progress: bool = True) -> VariantResult:
+    """Closed-loop success and section timing; `model_file` is what the robot loads (ONNX file or library)."""
     from tqdm import tqdm
 
     from edgevla.models.train_reach import HELD_OUT_SEED_OFFSET
@@ -73,18 +74,10 @@ def evaluate(policy, name: str, model_file: Path, episodes: int, progress: bool 
             distances.append(result.final_distance_m)
     finally:
         robot.close()
-    size = sum(p.stat().st_size for p in model_file.rglob("*") if p.is_file()) if model_file.is_dir() \
-        else model_file.stat().st_size
     return VariantResult(name=name, engine=policy.engine, success_rate=successes / episodes, episodes=episodes,
                          median_final_distance_m=float(np.median(distances)),
-                         sections_ms=loop.timer.summary()["sections_ms"], model_bytes=size,
+                         sections_ms=loop.timer.summary()["sections_ms"], model_bytes=model_file.stat().st_size,
                          model_file=str(model_file), safe_action_events=loop.events.total())
-
-
-def library_bytes(bundle_dir: Path) -> int:
-    from edgevla.runtime.bundle import read_bundle
-
-    return read_bundle(bundle_dir).library.stat().st_size
 
 
 def format_table(results: list[VariantResult]) -> str:
@@ -141,13 +134,13 @@ def run_demo(*, episodes: int = 50, workdir: Path = Path("artifacts/demo"), grou
 
     print(f"[5/5] closed loop on {episodes} held-out episodes per variant", flush=True)
     vocab = model.config.vocab_size
+    bundle = read_bundle(bundle_dir)
     results = [
         evaluate(OnnxRuntimePolicy(fp32_path, vocabulary_size=vocab), "fp32 onnxruntime", fp32_path, episodes, progress),
         evaluate(OnnxRuntimePolicy(binary_path, vocabulary_size=vocab), "1-bit onnxruntime", binary_path, episodes,
                  progress),
-        evaluate(TvmPolicy(read_bundle(bundle_dir)), "1-bit TVM host", bundle_dir, episodes, progress),
+        evaluate(TvmPolicy(bundle), "1-bit TVM host", bundle.library, episodes, progress),
     ]
-    results[2].model_bytes = library_bytes(bundle_dir)
     print()
     print(format_table(results))
     print(f"(model bytes: ONNX file for onnxruntime, compiled library for TVM; success = end effector within "

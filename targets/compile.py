@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from edgevla.runtime.bundle import Bundle, read_bundle, write_manifest
 from edgevla.runtime import formats

@@ -3,7 +3,6 @@
 import subprocess
 import sys
 
-import pytest
 
 from edgevla.cli import build_parser, main
 

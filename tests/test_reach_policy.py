@@ -1,6 +1,5 @@
 """The reach task and the trained VLA-style policy, in closed loop through the runtime."""
 
-import numpy as np
 import pytest
 
 from edgevla.runtime.robots.sim_reach import SimReach, expert_action

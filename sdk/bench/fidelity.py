@@ -69,7 +69,7 @@ def held_out_nmse(reference, compressed, report, held_out) -> float:
         stats = collect_layer_stats(reference, layer.name, held_out)
         dense_layer = reference.get_submodule(layer.name)
         packed = compressed.get_submodule(layer.name).packed()
-        approx = torch.from_numpy(formats.get_format(packed.format).unpack(packed)).double()
+        approx = torch.from_numpy(formats.unpack(packed)).double()
         error = stats.output_error(dense_layer.weight.detach().double(), approx, dense_layer.bias.detach())
         values.append(error ** 2)
     return float(np.mean(values))
