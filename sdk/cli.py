@@ -37,31 +37,54 @@ def _verify(args) -> int:
 
 
 def _run(args) -> int:
+    from edgevla.runtime.chunking import ChunkingConfig
     from edgevla.runtime.engine import load_policy
     from edgevla.runtime.loop import ControlLoop, LoopConfig
-    from edgevla.runtime.robots.sim_reach import SimReach
+    from edgevla.runtime.robots.connect import ServoOptions, robot_from_spec
 
-    if args.robot != "sim:reach":
-        print(f"error: unknown robot {args.robot!r}; this version drives: sim:reach", file=sys.stderr)
-        return 2
+    options = ServoOptions(ids=tuple(int(i) for i in args.ids.split(",")), model=args.model, baudrate=args.baud)
+    robot = robot_from_spec(args.robot, options)
     policy = load_policy(args.policy)
-    robot = SimReach()
-    loop = ControlLoop(robot, policy, config=LoopConfig(hz=args.hz))
+    chunking = ChunkingConfig(mode="async" if args.async_inference else "sync", execute_horizon=args.horizon,
+                              ensemble=args.ensemble)
+    config = LoopConfig(hz=args.hz, chunking=chunking, telemetry_path=args.telemetry)
+    episodic = hasattr(robot, "reset")
+    robot.connect()
+    loop = ControlLoop(robot, policy, config=config)
     successes = 0
     try:
-        for episode in range(args.episodes):
-            result = loop.run_episode(args.seed + episode)
-            successes += bool(result.success)
+        if episodic:
+            for episode in range(args.episodes):
+                successes += bool(loop.run_episode(args.seed + episode).success)
+        else:
+            loop.run(ticks=args.ticks)
     finally:
+        loop.close()
         robot.close()
-    summary = {"success_rate": successes / args.episodes, "episodes": args.episodes, **loop.timer.summary(),
-               "safe_action_events": loop.events.total()}
-    print(f"success {successes}/{args.episodes}")
+    summary = loop.summary()
+    if episodic:
+        summary.update(success_rate=successes / args.episodes, episodes=args.episodes)
+        print(f"success {successes}/{args.episodes}")
+    print(f"{summary['ticks']} ticks at {args.hz or 'free-running'} Hz, actions {summary['action_sources']}")
     for name, s in summary["sections_ms"].items():
-        print(f"  {name:12s} p50 {s['p50']:7.3f} ms  p99 {s['p99']:7.3f} ms  max {s['max']:7.3f} ms")
-    print(f"  overruns {summary['overruns']}, safe actions sent {summary['safe_action_events']}")
+        print(f"  {name:12s} p50 {s['p50']:7.3f} ms  p95 {s['p95']:7.3f} ms  p99 {s['p99']:7.3f} ms  "
+              f"max {s['max']:7.3f} ms")
+    pe = summary["period_error_ms"]
+    if pe["count"]:
+        print(f"  period error p50 {pe['p50']:.3f} ms  p99 {pe['p99']:.3f} ms  max {pe['max']:.3f} ms; "
+              f"overruns {summary['overruns']}")
+    events = {k: v for k, v in summary["events"].items() if v}
+    print(f"  events {events or 'none'}; safety clamps {summary['safety']}")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def _report(args) -> int:
+    from .report import draw_report
+
+    path, text = draw_report(args.telemetry, args.output)
+    print(f"wrote {path}: {text}")
     return 0
 
 
@@ -128,6 +151,10 @@ def _bench(args) -> int:
 
         run_fidelity(episodes=args.episodes, calibration_samples=args.calibration, variant=args.variant,
                      json_path=Path(args.json) if args.json else None, progress=not args.no_progress)
+    if args.suite == "loop":
+        from .bench.loop_timing import run_loop_bench
+
+        run_loop_bench(seconds=args.seconds, json_path=Path(args.json) if args.json else None)
     return 0
 
 
@@ -144,10 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     p = verbs.add_parser("bench", help="benchmarks that print ratios measured side by side in one run")
-    p.add_argument("suite", choices=["fidelity", "onnx"],
+    p.add_argument("suite", choices=["fidelity", "onnx", "loop"],
                    help="fidelity: closed-loop success, bits/weight, bytes and layer error of every compression "
                         "method on the reach policy; onnx: 1-bit files in stock onnxruntime, generic body vs the "
-                        "INT4 (MatMulNBits) path, against fp32")
+                        "INT4 (MatMulNBits) path, against fp32; loop: runtime overhead per tick and 100 Hz "
+                        "period error vs a plain time.sleep loop")
+    p.add_argument("--seconds", type=float, default=10.0, help="loop: seconds per 100 Hz run (default 10)")
     p.add_argument("--episodes", type=int, default=100, help="held-out episodes per method (default 100)")
     p.add_argument("--calibration", type=int, default=512, help="calibration samples (default 512)")
     p.add_argument("--variant", choices=["reference", "large"], default="reference",
@@ -188,12 +217,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("run", help="run a bundle or .onnx policy closed loop on a robot and print timing")
     p.add_argument("policy", help="bundle directory or .onnx file")
-    p.add_argument("--robot", default="sim:reach", help="robot to drive (this version: sim:reach)")
+    p.add_argument("--robot", default="sim:reach",
+                   help="sim:reach | dynamixel:PORT | feetech:PORT | feetech-scs:PORT (default sim:reach)")
     p.add_argument("--hz", type=float, default=None, help="control rate in Hz (default: as fast as possible)")
-    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--episodes", type=int, default=10, help="episodes (simulated robots)")
+    p.add_argument("--ticks", type=int, default=500, help="ticks to run (servo arms; default 500)")
     p.add_argument("--seed", type=int, default=1_000_000, help="first episode seed")
+    p.add_argument("--ids", default="1,2,3", help="servo IDs, one per joint (servo arms; default 1,2,3)")
+    p.add_argument("--model", help="servo model (default xl430-w250 for dynamixel, sts3215 for feetech)")
+    p.add_argument("--baud", type=int, default=1_000_000, help="servo bus baud rate (default 1000000)")
+    p.add_argument("--async", dest="async_inference", action="store_true",
+                   help="infer in a worker thread while the current chunk executes (needs --hz)")
+    p.add_argument("--horizon", type=int, default=1, help="ticks between inferences (default 1)")
+    p.add_argument("--ensemble", choices=["none", "exponential"], default="none",
+                   help="merge overlapping chunks: newest only, or ACT temporal ensembling")
+    p.add_argument("--telemetry", help="write per-tick telemetry (JSON lines, flushed every tick) to this file")
     p.add_argument("--json", help="write the summary as JSON to this file")
     p.set_defaults(func=_run)
+
+    p = verbs.add_parser("report", help="draw latency histograms and a timeline of a telemetry file to PNG")
+    p.add_argument("telemetry", help="file written by edgevla run --telemetry")
+    p.add_argument("-o", "--output", help="PNG to write (default: the telemetry path with .png)")
+    p.set_defaults(func=_report)
     return parser
 
 
@@ -201,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, KeyError, OSError) as e:  # OSError: missing files, serial ports, servo buses
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ def test_help_lists_only_working_verbs():
     out = subprocess.run([sys.executable, "-m", "edgevla.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     verbs = set(build_parser()._subparsers._group_actions[0].choices)
-    assert verbs == {"demo", "bench", "export", "inspect", "compile", "verify", "run"}
+    assert verbs == {"demo", "bench", "export", "inspect", "compile", "verify", "run", "report"}
     for verb in verbs:
         assert verb in out.stdout
 
@@ -32,7 +32,8 @@ def test_errors_exit_2_with_a_message(reach_onnx, tmp_path, capsys):
     assert "known targets" in capsys.readouterr().err
     assert main(["verify", str(tmp_path)]) == 2
     assert "no manifest.json" in capsys.readouterr().err
-    assert main(["run", str(reach_onnx["binary"]), "--robot", "dynamixel:/dev/ttyUSB0"]) == 2
+    assert main(["run", str(reach_onnx["binary"]), "--robot", "dynamixel:/dev/ttyUSB-none"]) == 2
+    assert "cannot open servo bus /dev/ttyUSB-none" in capsys.readouterr().err
 
 
 def test_inspect_reports_layers_and_ratio(reach_onnx, capsys):

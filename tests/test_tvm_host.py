@@ -118,12 +118,14 @@ def test_runtime_runs_without_torch_exporters_or_compiler(reach_bundle, reach_on
 import sys
 class Blocked:
     def find_spec(self, name, path=None, target=None):
-        for banned in ("torch", "onnx", "onnxscript", "edgevla.exporters", "edgevla.targets", "tvm.relax"):
+        for banned in ("torch", "onnx", "onnxscript", "edgevla.exporters", "edgevla.targets", "tvm.relax",
+                       "matplotlib"):
             if name == banned or name.startswith(banned + "."):
                 raise ImportError("blocked on the robot: " + name)
 sys.meta_path.insert(0, Blocked())
 import numpy as np
-import edgevla, edgevla.runtime.loop, edgevla.runtime.robots.sim_reach
+import edgevla, edgevla.runtime.loop, edgevla.runtime.robots.sim_reach, edgevla.runtime.robots.servo_arm
+import edgevla.runtime.robots.connect, edgevla.runtime.buses.emulator, edgevla.runtime.telemetry
 from edgevla.runtime.engine import load_policy
 obs = {{"image": np.zeros((64, 64, 3), np.uint8), "instruction": np.array([1, 2, 3, 5]),
        "state": np.zeros(8, np.float32)}}
