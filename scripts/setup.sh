@@ -5,8 +5,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-# Debian packages: a C compiler (C header tests), Mesa EGL for MuJoCo's GPU-less offscreen rendering.
-DEB_PACKAGES=(gcc libc6-dev libegl1 libegl-mesa0 libopengl0 libgl1-mesa-dri)
+# Debian packages: a C compiler (C header tests), Mesa EGL for MuJoCo's GPU-less offscreen rendering,
+# the aarch64 cross compiler and qemu-user (arm64 targets are linked here and verified under qemu).
+DEB_PACKAGES=(gcc libc6-dev libegl1 libegl-mesa0 libopengl0 libgl1-mesa-dri g++-aarch64-linux-gnu qemu-user)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -40,3 +41,6 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
     .venv/bin/python -m pip install -q -e ".[dev,test]"
     touch "$stamp"
 fi
+
+# An aarch64 Python with the TVM runtime for verifying arm64 bundles under qemu (built once, cached).
+.venv/bin/python -m edgevla.targets.emulate.arm64_python
