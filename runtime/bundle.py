@@ -134,3 +134,33 @@ def check_runs_here(bundle: Bundle) -> None:
         raise BundleError(f"bundle built for {arch} ({bundle.target.get('name')}), this device is "
                           f"{this_machine()}: compile with --target matching this device, or flash the bundle "
                           "to the robot it was built for")
+
+
+def compare_outputs(outputs: list[np.ndarray], expected: list[np.ndarray], atol: float, rtol: float) -> tuple[bool, float]:
+    """(every output matches within atol/rtol and has the right shape, largest absolute error)."""
+    worst, passed = 0.0, len(outputs) == len(expected)
+    for got, want in zip(outputs, expected):
+        got = np.asarray(got)
+        if got.shape != want.shape:
+            passed = False
+            continue
+        worst = max(worst, float(np.max(np.abs(got.astype(np.float64) - want))) if want.size else 0.0)
+        passed &= bool(np.allclose(got, want, atol=atol, rtol=rtol))
+    return passed, worst
+
+
+def pack_bundle_tar(bundle: Bundle, tar_path: Path) -> Path:
+    """One uncompressed tar of the bundle's own files (the manifest and what it lists), for transfer."""
+    import tarfile
+
+    tar_path = Path(tar_path)
+    names = [MANIFEST, *sorted(bundle.manifest["files"])]
+    with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for rel in names:
+            info = tar.gettarinfo(str(bundle.path / rel), arcname=rel)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mode = 0o644
+            with open(bundle.path / rel, "rb") as f:
+                tar.addfile(info, f)
+    return tar_path

@@ -80,6 +80,56 @@ def _run(args) -> int:
     return 0
 
 
+def _flash_config(args):
+    from .flash import FlashConfig
+
+    return FlashConfig(keep=getattr(args, "keep", 3), remote_python=args.remote_python, identity=args.identity,
+                       known_hosts=args.known_hosts, accept_new_host_key=args.accept_new_host_key,
+                       limit_kbps=getattr(args, "limit_kbps", None))
+
+
+def _flash(args) -> int:
+    from .flash import flash
+
+    flash(args.bundle, args.dest, _flash_config(args))
+    return 0
+
+
+def _rollback(args) -> int:
+    from .flash import rollback
+
+    result = rollback(args.dest, _flash_config(args))
+    print(f"{args.dest}: current -> {result['current']} (was {result['was']})")
+    return 0
+
+
+def _device_info(args) -> int:
+    from .flash import device_info
+
+    info = device_info(args.dest, _flash_config(args), bundle_path=args.bundle)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        memory = info["memory"]
+        print(f"device {args.dest}\n  arch          {info['arch']}\n"
+              f"  cpu features  {' '.join(info['cpu_features'][:24])}{' ...' if len(info['cpu_features']) > 24 else ''}\n"
+              f"  memory        {memory['available_bytes'] / 2**20:,.0f} MiB available of {memory['total_bytes'] / 2**20:,.0f} MiB\n"
+              f"  free          {info['free_bytes'] / 2**20:,.1f} MiB under {info['root']}\n"
+              f"  versions      {', '.join(f'{k} {v}' for k, v in info['versions'].items() if v)}\n"
+              f"  current       {info['current']}  (history: {', '.join(info['history']) or 'none'})")
+        if "bundle_fits" in info:
+            print(f"  bundle        {'fits' if info['bundle_fits']['fits'] else 'does NOT fit'}: {info['bundle_fits']['why']}")
+    return 0 if info.get("bundle_fits", {}).get("fits", True) else 1
+
+
+def _pack(args) -> int:
+    from edgevla.runtime.bundle import pack_bundle_tar, read_bundle
+
+    path = pack_bundle_tar(read_bundle(args.bundle), Path(args.output))
+    print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    return 0
+
+
 def _report(args) -> int:
     from .report import draw_report
 
@@ -135,6 +185,12 @@ def _export(args) -> int:
 
 
 def _inspect(args) -> int:
+    path = Path(args.file)
+    if path.is_dir() or path.suffix == ".tar":
+        from .flash import describe_bundle
+
+        print(describe_bundle(path))
+        return 0
     from edgevla.exporters.inspect_onnx import inspect_file
 
     print(inspect_file(args.file))
@@ -198,9 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="binary layers as INT4 + DequantizeLinear, which onnxruntime runs as MatMulNBits")
     p.set_defaults(func=_export)
 
-    p = verbs.add_parser("inspect", help="per-layer format, bits/weight and bytes of an exported ONNX file, and "
-                                         "its compression ratio vs fp32")
-    p.add_argument("file", help="ONNX file")
+    p = verbs.add_parser("inspect", help="an ONNX file: per-layer format, bits/weight, bytes, ratio vs fp32; a "
+                                         "bundle (directory or .tar): its manifest")
+    p.add_argument("file", help="ONNX file, bundle directory or bundle .tar")
     p.set_defaults(func=_inspect)
 
     p = verbs.add_parser("compile", help="compile an ONNX file for a target into a bundle directory")
@@ -234,6 +290,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--telemetry", help="write per-tick telemetry (JSON lines, flushed every tick) to this file")
     p.add_argument("--json", help="write the summary as JSON to this file")
     p.set_defaults(func=_run)
+
+    def ssh_options(p):
+        p.add_argument("--remote-python", default="python3", help="Python with edgevla installed on the device")
+        p.add_argument("--identity", help="ssh private key file")
+        p.add_argument("--known-hosts", help="known_hosts file to check the device's host key against")
+        p.add_argument("--accept-new-host-key", action="store_true",
+                       help="trust a host key seen for the first time (a changed key is still refused)")
+
+    p = verbs.add_parser("flash", help="deploy a bundle to DEST (a path, or ssh://user@host[:port]/path): "
+                                       "verify, self-check on the device, switch atomically, keep old versions")
+    p.add_argument("bundle", help="bundle directory or its .tar")
+    p.add_argument("dest")
+    p.add_argument("--keep", type=int, default=3, help="previous versions kept for rollback (default 3)")
+    p.add_argument("--limit-kbps", type=int, help="upload bandwidth limit, kbit/s")
+    ssh_options(p)
+    p.set_defaults(func=_flash)
+
+    p = verbs.add_parser("rollback", help="make the previous bundle on DEST current again")
+    p.add_argument("dest")
+    ssh_options(p)
+    p.set_defaults(func=_rollback)
+
+    p = verbs.add_parser("device", help="facts about a device: `edgevla device info DEST [--bundle B]`")
+    p.add_argument("what", choices=["info"])
+    p.add_argument("dest")
+    p.add_argument("--bundle", help="also say whether this bundle fits (architecture, space)")
+    p.add_argument("--json", action="store_true")
+    ssh_options(p)
+    p.set_defaults(func=_device_info)
+
+    p = verbs.add_parser("pack", help="write a bundle directory as one .tar for transfer")
+    p.add_argument("bundle")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=_pack)
 
     p = verbs.add_parser("report", help="draw latency histograms and a timeline of a telemetry file to PNG")
     p.add_argument("telemetry", help="file written by edgevla run --telemetry")

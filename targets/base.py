@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgevla.runtime.bundle import Bundle
+from edgevla.runtime.bundle import Bundle, compare_outputs
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,7 @@ class Target(abc.ABC):
         inputs, expected = bundle.check_pair()
         outputs, how = self.run_check(bundle, inputs)
         atol, rtol = bundle.tolerance
-        worst, passed = 0.0, len(outputs) == len(expected)
-        for got, want in zip(outputs, expected):
-            if got.shape != want.shape:
-                passed = False
-                continue
-            worst = max(worst, float(np.max(np.abs(got.astype(np.float64) - want))))
-            passed &= bool(np.allclose(got, want, atol=atol, rtol=rtol))
+        passed, worst = compare_outputs(outputs, expected, atol, rtol)
         return VerifyReport(self.name, how, worst, atol, rtol, passed)
 
 
