@@ -19,7 +19,9 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend
 
+from edgevla.exporters.onnx_bodies import OPS, conv_op_name
 from edgevla.exporters.onnx_export import DOMAIN
+from edgevla.runtime import formats
 from . import tvm_kernels
 
 
@@ -27,27 +29,119 @@ class UnsupportedOperatorError(ValueError):
     """An ONNX node that neither TVM's frontend nor edgevla can lower."""
 
 
-class _BinaryMatMulConverter(onnx_frontend.OnnxOpConverter):
-    """ai.edgevla::BinaryMatMul -> relax.call_tir to a TIR kernel over the packed uint8 bits."""
-
-    @classmethod
-    def _impl_v1(cls, bb, inputs, attr, params):
-        x, bits, scales = inputs[0], inputs[1], inputs[2]
-        k, group = int(attr["in_features"]), int(attr["group_size"])
-        x_shape = [int(d) for d in x.ty.shape]
-        if x_shape[-1] != k:
-            raise ValueError(f"BinaryMatMul {attr['tvm_custom']['name']}: input has {x_shape[-1]} features, "
-                             f"in_features is {k}")
-        n = int(bits.ty.shape[0])
-        rows = int(np.prod(x_shape[:-1])) if len(x_shape) > 1 else 1
-        kernel = tvm_kernels.binary_matmul_kernel(rows, n, k, group)
-        gv = bb.add_func(kernel, f"edgevla_binary_matmul_{rows}x{n}x{k}_g{group}")
-        x2 = bb.emit(relax.op.reshape(x, (rows, k))) if len(x_shape) != 2 else x
-        y = bb.emit(relax.call_tir(gv, [x2, bits, scales], out_ty=relax.TensorType((rows, n), "float32")))
-        return relax.op.reshape(y, (*x_shape[:-1], n)) if len(x_shape) != 2 else y
+def _constant_array(expr, what: str) -> np.ndarray:
+    """The numpy value of a Relax constant (packed weights are ONNX initializers, hence constants here)."""
+    data = getattr(expr, "data", None)
+    if data is None:
+        data = getattr(expr, "value", None)
+    if data is None or not hasattr(data, "numpy"):
+        raise ValueError(f"{what}: packed weight arrays must be initializers (constants) to be compiled")
+    return data.numpy()
 
 
-CUSTOM_CONVERTERS = {"BinaryMatMul": _BinaryMatMulConverter}
+def _kernel_for(format_name: str, rows: int, attrs: dict, arrays: list[np.ndarray]):
+    """(TIR kernel, extra constant inputs) computing Y[rows, N] = X @ W.T straight from the packed arrays."""
+    n = formats.out_features_of(format_name, arrays)
+    k = attrs["in_features"]
+    if format_name == "binary":
+        return tvm_kernels.binary_matmul_kernel(rows, n, k, attrs["group_size"]), []
+    if format_name == "nm":
+        return tvm_kernels.nm_matmul_kernel(rows, n, k, attrs["n"], attrs["m"], arrays[1].shape[1]), []
+    if format_name == "group_sparse":
+        return tvm_kernels.group_sparse_matmul_kernel(rows, n, k, attrs["group"], attrs["kept"]), []
+    if format_name == "dense_sparse":
+        return tvm_kernels.dense_sparse_matmul_kernel(rows, n, k, attrs["atoms"], attrs["nonzeros"],
+                                                      str(arrays[2].dtype)), []
+    if format_name == "binary_split":
+        return tvm_kernels.binary_split_matmul_kernel(rows, n, k, attrs["block_size"], attrs["salient"]), []
+    if format_name == "haar_binary":
+        others = formats.haar_other_columns(k, arrays[0]).astype(np.int32)
+        kernel = tvm_kernels.haar_binary_matmul_kernel(rows, n, k, attrs["salient"], attrs["group_size"],
+                                                       arrays[4].shape[1] * 8)
+        return kernel, [others if others.size else np.zeros(1, np.int32)]
+    raise UnsupportedOperatorError(f"no TVM kernel for packed format {format_name!r}")
+
+
+def _at_least_one(array: np.ndarray) -> np.ndarray:
+    """Zero-sized arrays (a layer with no salient columns) become one dummy element the kernel never reads."""
+    if all(array.shape):
+        return array
+    return np.zeros(tuple(max(d, 1) for d in array.shape), array.dtype)
+
+
+def _packed_call(bb, format_name: str, x2, rows: int, attrs: dict, packed_inputs, name: str):
+    arrays = [_constant_array(e, name) for e in packed_inputs]
+    kernel, extra = _kernel_for(format_name, rows, attrs, arrays)
+    n = formats.out_features_of(format_name, arrays)
+    shape_key = "x".join(str(d) for d in (rows, n, attrs["in_features"]))
+    gv = bb.add_func(kernel, f"edgevla_{format_name}_matmul_{shape_key}")
+    args = [x2] + [relax.const(_at_least_one(a)) if not all(a.shape) else e for a, e in zip(arrays, packed_inputs)]
+    args += [relax.const(a) for a in extra]
+    return bb.emit(relax.call_tir(gv, args, out_ty=relax.TensorType((rows, n), "float32"))), n
+
+
+def _matmul_converter(format_name: str, op_name: str):
+    spec = formats.get_format(format_name)
+
+    class Converter(onnx_frontend.OnnxOpConverter):
+        """ai.edgevla::<Format>MatMul -> relax.call_tir to a TIR kernel over the packed arrays."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            x = inputs[0]
+            name = f"{op_name} {attr.get('tvm_custom', {}).get('name', '')}".strip()
+            attrs = {a: int(attr[a]) for a in spec.attr_names}
+            k = attrs["in_features"]
+            x_shape = [int(d) for d in x.ty.shape]
+            if x_shape[-1] != k:
+                raise ValueError(f"{name}: input has {x_shape[-1]} features, in_features is {k}")
+            rows = int(np.prod(x_shape[:-1])) if len(x_shape) > 1 else 1
+            x2 = bb.emit(relax.op.reshape(x, (rows, k))) if len(x_shape) != 2 else x
+            y, n = _packed_call(bb, format_name, x2, rows, attrs, inputs[1:], name)
+            return relax.op.reshape(y, (*x_shape[:-1], n)) if len(x_shape) != 2 else y
+
+    Converter.__name__ = f"{op_name}Converter"
+    return Converter
+
+
+def _conv_converter(format_name: str, op_name: str):
+    spec = formats.get_format(format_name)
+
+    class Converter(onnx_frontend.OnnxOpConverter):
+        """ai.edgevla::<Format>Conv2d -> im2col (TIR) + the format's packed matmul kernel + NCHW layout."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            x = inputs[0]
+            name = f"{op_name} {attr.get('tvm_custom', {}).get('name', '')}".strip()
+            attrs = {a: int(attr[a]) for a in spec.attr_names}
+            kh, kw = (int(v) for v in attr["kernel_shape"])
+            sh, sw = (int(v) for v in attr.get("strides", (1, 1)))
+            pt, pl, pb, pr = (int(v) for v in attr.get("pads", (0, 0, 0, 0)))
+            dh, dw = (int(v) for v in attr.get("dilations", (1, 1)))
+            batch, channels, height, width = (int(d) for d in x.ty.shape)
+            if channels * kh * kw != attrs["in_features"]:
+                raise ValueError(f"{name}: {channels} channels x {kh}x{kw} kernel != in_features "
+                                 f"{attrs['in_features']}")
+            out_h = (height + pt + pb - dh * (kh - 1) - 1) // sh + 1
+            out_w = (width + pl + pr - dw * (kw - 1) - 1) // sw + 1
+            rows = batch * out_h * out_w
+            im2col = tvm_kernels.im2col_kernel(batch, channels, height, width, kh, kw, sh, sw, pt, pl, dh, dw,
+                                               out_h, out_w)
+            gv = bb.add_func(im2col, f"edgevla_im2col_{batch}x{channels}x{height}x{width}_k{kh}x{kw}_s{sh}x{sw}")
+            cols = bb.emit(relax.call_tir(gv, [x], out_ty=relax.TensorType((rows, attrs["in_features"]), "float32")))
+            y, n = _packed_call(bb, format_name, cols, rows, attrs, inputs[1:], name)
+            y = bb.emit(relax.op.reshape(y, (batch, out_h, out_w, n)))
+            return relax.op.permute_dims(y, [0, 3, 1, 2])
+
+    Converter.__name__ = f"{op_name}Converter"
+    return Converter
+
+
+CUSTOM_CONVERTERS = {}
+for _format_name, (_op_name, _) in OPS.items():
+    CUSTOM_CONVERTERS[_op_name] = _matmul_converter(_format_name, _op_name)
+    CUSTOM_CONVERTERS[conv_op_name(_op_name)] = _conv_converter(_format_name, conv_op_name(_op_name))
 
 
 def check_supported(model: onnx.ModelProto) -> None:

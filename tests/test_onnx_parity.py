@@ -72,6 +72,39 @@ def test_format_parity(tmp_path, case, n, k, dynamic):
         np.testing.assert_allclose(model(torch.from_numpy(x)).numpy(), ref, **TOLERANCE)
 
 
+def run_tvm_host(path, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Compile an ONNX file with the TVM host target (edgevla's packed kernels) and run it once."""
+    import tvm
+    from tvm.runtime import vm as tvm_vm
+
+    from edgevla.targets import tvm_backend
+
+    executable = tvm_backend.compile_module(tvm_backend.import_onnx(onnx.load(str(path))), {"kind": "llvm"})
+    machine = tvm_vm.VirtualMachine(executable, tvm.runtime.cpu(0))
+    return machine["main"](*[tvm.runtime.tensor(v) for v in inputs.values()]).numpy()
+
+
+@pytest.mark.parametrize("case", sorted(PACKERS))
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_tvm_host_kernel_parity(tmp_path, case, n, k):
+    """Every format's TIR kernel (host target) against torch eager, and it never holds a dense float weight."""
+    from edgevla.targets import tvm_backend
+
+    model, packed = one_layer(case, n, k)
+    x = torch.randn(3, k)
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export(model, (x,), path, input_names=["x"], output_names=["y"])
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(run_tvm_host(path, {"x": x.numpy()}), expected, **TOLERANCE)
+    mod = tvm_backend.import_onnx(onnx.load(str(path)))
+    assert any(gv.name_hint.startswith(f"edgevla_{packed.format}_matmul") for gv, _ in mod.functions_items())
+    dense = [c for c in tvm_backend.relax_constants(mod) if c.dtype.startswith("float") and c.shape == (n, k)]
+    assert not dense, f"a dense float [{n}, {k}] weight reached the compiled module: {dense}"
+
+
 def test_every_function_passes_the_full_checker_in_a_clean_process(tmp_path):  # matmul and conv forms
     import subprocess
     import sys
@@ -173,3 +206,4 @@ def test_packed_conv2d_parity(tmp_path, method, options):
         expected = compressed(x).numpy()
     np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected, **TOLERANCE)
     np.testing.assert_allclose(ReferenceEvaluator(proto).run(None, {"x": x.numpy()})[0], expected, **TOLERANCE)
+    np.testing.assert_allclose(run_tvm_host(path, {"x": x.numpy()}), expected, **TOLERANCE)  # im2col + kernel
