@@ -5,7 +5,7 @@ Trains a CNN on the 8x8 digits bundled with scikit-learn (no download), binarize
 ops, compiles for `arm64` with TVM and runs the whole held-out set through the bundle with the edgevla
 runtime in an aarch64 Python under qemu. Prints the accuracy each step keeps and the bundle's size.
 
-    python examples/digits_arm64.py [--method sign] [--target arm64-rpi5] [--quick]
+    python examples/digits_arm64.py [--method hbvla|billm|sign] [--target arm64-rpi5] [--quick]
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     from edgevla.runtime.bundle import read_bundle
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="sign", help="1-bit method for the dense layers (sign lowers to TVM today)")
+    parser.add_argument("--method", default="hbvla", help="1-bit method for the dense layers (hbvla, billm, sign)")
     parser.add_argument("--target", default="arm64", help="arm64, arm64-rpi5 or arm64-orin-cpu")
     parser.add_argument("--quick", action="store_true", help="fewer epochs (what the test uses)")
     parser.add_argument("--out", default="artifacts/digits", help="where the ONNX file and the bundle go")
