@@ -95,7 +95,8 @@ class TvmPolicy(Policy):
         check_runs_here(bundle)
         self.bundle = bundle
         self._tvm = tvm.runtime
-        self.device = tvm.runtime.cpu(0)
+        # jetson-orin bundles run their kernels on the GPU; every other target on the CPU
+        self.device = tvm.runtime.cuda(0) if bundle.target.get("device") == "cuda" else tvm.runtime.cpu(0)
         try:
             library = tvm.runtime.load_module(str(bundle.library))
         except Exception as e:  # TVM raises tvm.error.* or OSError for a broken library

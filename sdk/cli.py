@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("compile", help="compile an ONNX file for a target into a bundle directory")
     p.add_argument("model", help="ONNX file (static shapes)")
-    p.add_argument("--target", default="host", help="target name (default host)")
+    p.add_argument("--target", default="host", help="host, arm64, arm64-rpi5, arm64-orin-cpu or jetson-orin (default host)")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write")
     p.add_argument("--no-verify", action="store_true", help="skip running the bundle against onnxruntime")
     p.set_defaults(func=_compile)

@@ -23,6 +23,8 @@ class VerifyReport:
 
     def line(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
+        if self.max_abs_error != self.max_abs_error:  # NaN: checked statically, not run here
+            return f"{verdict} {self.target} ({self.how})"
         return (f"{verdict} {self.target} ({self.how}): max |error| {self.max_abs_error:.3g} "
                 f"(atol {self.atol:g}, rtol {self.rtol:g})")
 
@@ -33,8 +35,8 @@ class Target(abc.ABC):
     description: str = ""
 
     @abc.abstractmethod
-    def tvm_target(self) -> dict:
-        """The TVM target as a dict (0.27 rejects CLI-style target strings)."""
+    def tvm_target(self) -> dict | str:
+        """The TVM target as a dict or a TVM tag name (0.27 rejects CLI-style target strings)."""
 
     @abc.abstractmethod
     def build(self, model: onnx.ModelProto, out_dir: Path) -> Path:

@@ -89,7 +89,8 @@ def compile_bundle(onnx_path: str | Path, target: str, out_dir: str | Path, *, o
     bounds = integer_input_bounds(model)
     meta = {entry.key: entry.value for entry in model.metadata_props}
     manifest = {
-        "target": {"name": target_impl.name, "arch": target_impl.arch, "tvm_target": target_impl.tvm_target()},
+        "target": {"name": target_impl.name, "arch": target_impl.arch, "tvm_target": target_impl.tvm_target(),
+                   "device": getattr(target_impl, "device", "cpu")},
         "library": library.relative_to(out_dir).as_posix(),
         "inputs": _tensor_specs(model.graph.input),
         "outputs": _tensor_specs(model.graph.output),

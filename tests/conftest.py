@@ -55,3 +55,37 @@ def reach_bundle(tmp_path_factory, reach_onnx) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "reach_binary_host"
     compile_bundle(reach_onnx["binary"], "host", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def reach_nm_onnx(tmp_path_factory, untrained_reach, reach_example) -> Path:
+    """The untrained reach policy with 2:4 sparse transformer layers, exported."""
+    from edgevla.exporters.compress import compress
+    from edgevla.exporters.onnx_export import export
+
+    model, _ = untrained_reach
+    sparse = compress(model, "nm", calibration=[reach_example], include=["blocks.*"], n=2, m=4)
+    path = tmp_path_factory.mktemp("onnx_nm") / "reach_nm24.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export(sparse.model, reach_example, path, input_names=INPUT_NAMES, output_names=["actions"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def plain_cnn_onnx(tmp_path_factory) -> Path:
+    """A plain (uncompressed) CNN: conv, pooling, dense layers; fixed seed, exported."""
+    import torch
+
+    from edgevla.exporters.onnx_export import export
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(16 * 4 * 4, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)).eval()
+    path = tmp_path_factory.mktemp("onnx_cnn") / "cnn.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export(model, (torch.randn(2, 1, 8, 8),), path, input_names=["image"], output_names=["logits"])
+    return path
