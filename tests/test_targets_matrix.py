@@ -17,3 +17,23 @@ def test_compile_and_verify(target, model, reach_onnx, reach_nm_onnx, plain_cnn_
     report = verify_bundle(bundle.path)
     print(report.line())
     assert report.passed, report.line()
+
+
+def test_ci_example_workflow_uses_real_commands_and_targets():
+    """examples/ci/compile-and-verify.yml: every edgevla command parses and every matrix target exists."""
+    import re
+    from pathlib import Path
+
+    from edgevla.cli import build_parser
+    from edgevla.targets import get_target
+
+    text = (Path(__file__).resolve().parents[1] / "examples" / "ci" / "compile-and-verify.yml").read_text()
+    targets = re.search(r"target: \[([^\]]+)\]", text).group(1).replace(" ", "").split(",")
+    for target in targets:
+        get_target(target)
+    commands = [line.strip() for line in text.splitlines() if line.strip().startswith("edgevla ")]
+    assert len(commands) >= 3
+    parser = build_parser()
+    for target in targets:
+        for command in commands:
+            parser.parse_args(command.replace("${{ matrix.target }}", target).split()[1:])
