@@ -207,6 +207,10 @@ def _bench(args) -> int:
 
         run_fidelity(episodes=args.episodes, calibration_samples=args.calibration, variant=args.variant,
                      json_path=Path(args.json) if args.json else None, progress=not args.no_progress)
+    if args.suite == "kernels":
+        from .bench.kernels import run_kernel_bench
+
+        run_kernel_bench(json_path=Path(args.json) if args.json else None)
     if args.suite == "compile":
         from .bench.compile_speed import run_compile_speed
 
@@ -231,12 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     p = verbs.add_parser("bench", help="benchmarks that print ratios measured side by side in one run")
-    p.add_argument("suite", choices=["fidelity", "onnx", "loop", "compile"],
+    p.add_argument("suite", choices=["fidelity", "onnx", "loop", "compile", "kernels"],
                    help="fidelity: closed-loop success, bits/weight, bytes and layer error of every compression "
                         "method on the reach policy; onnx: 1-bit files in stock onnxruntime, generic body vs the "
                         "INT4 (MatMulNBits) path, against fp32; loop: runtime overhead per tick and 100 Hz "
                         "period error vs a plain time.sleep loop; compile: the compiled policy (TVM host, fp32 and "
-                        "compressed) vs onnxruntime fp32")
+                        "compressed) vs onnxruntime fp32; kernels: the C kernels vs onnxruntime fp32/int8 MatMul")
     p.add_argument("--seconds", type=float, default=10.0, help="loop: seconds per 100 Hz run (default 10)")
     p.add_argument("--episodes", type=int, default=100, help="held-out episodes per method (default 100)")
     p.add_argument("--calibration", type=int, default=512, help="calibration samples (default 512)")

@@ -11,7 +11,8 @@ def test_help_lists_only_working_verbs():
     out = subprocess.run([sys.executable, "-m", "edgevla.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     verbs = set(build_parser()._subparsers._group_actions[0].choices)
-    assert verbs == {"demo", "bench", "export", "inspect", "compile", "verify", "run", "report"}
+    assert verbs == {"demo", "bench", "export", "inspect", "compile", "verify", "run", "report", "flash", "rollback",
+                     "device", "pack"}
     for verb in verbs:
         assert verb in out.stdout
 

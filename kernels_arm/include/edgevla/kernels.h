@@ -1,0 +1,56 @@
+/*
+ * edgevla CPU kernels over the packed formats of formats.h: small-batch GEMM (rows 1..16), y = x W^T.
+ *
+ * Every public entry point checks its arguments before touching memory: NULL pointers, row counts outside
+ * 1..EVLA_MAX_ROWS, and every buffer length against what the format's padding rule requires for the
+ * given shape (lengths in elements of the pointed-to type). A bad call returns a negative EVLA_ERR_* code
+ * and writes nothing. The portable reference (src/ref) defines the results; architecture files override
+ * it where the CPU allows (chosen at run time on x86 by CPU features, at build time elsewhere) and are
+ * tested against it.
+ *
+ *   evla_b1_gemm_f32   fp32 activations x 1-bit weights (sign x float16 group scale)
+ *   evla_b1_gemm_i8    int8 activations (each row quantized on the fly: absmax / 127) x 1-bit weights
+ *   evla_nm_gemm_f32   fp32 activations x N:M sparse weights (float16 values + packed indices)
+ */
+#ifndef EDGEVLA_KERNELS_H
+#define EDGEVLA_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "edgevla/formats.h"
+
+#define EVLA_OK 0
+#define EVLA_ERR_NULL (-1)     /* a required pointer is NULL */
+#define EVLA_ERR_ROWS (-2)     /* rows outside 1..EVLA_MAX_ROWS */
+#define EVLA_ERR_SHAPE (-3)    /* in/out features or group/n/m not a valid format shape */
+#define EVLA_ERR_LENGTH (-4)   /* a buffer length does not match the shape and the padding rule */
+
+#define EVLA_MAX_ROWS 16
+
+/* Buffer lengths (in elements) the caller vouches for; every one is checked. */
+typedef struct {
+    size_t x;        /* float activations: rows * K */
+    size_t packed_a; /* binary: bits bytes (N * Kp/8);   nm: float16 values (N * Kp/m*n) */
+    size_t packed_b; /* binary: float16 scales (N * Kp/G); nm: index bytes (N * ceil(Kp/m*n*b/8)) */
+    size_t y;        /* float outputs: rows * N */
+} evla_lengths;
+
+int evla_b1_gemm_f32(const float *x, int32_t rows, const evla_b1_matrix *w, float *y, const evla_lengths *len);
+int evla_b1_gemm_i8(const float *x, int32_t rows, const evla_b1_matrix *w, float *y, const evla_lengths *len);
+int evla_nm_gemm_f32(const float *x, int32_t rows, const evla_nm_matrix *w, float *y, const evla_lengths *len);
+
+/* Which implementation the entry points above use on this CPU ("ref", "avx2", "neon"). */
+const char *evla_kernel_variant(void);
+/* Force the portable reference (1) or the best variant (0); for tests and benchmarks. */
+void evla_force_reference(int on);
+
+/* The portable reference implementations (no argument checks: call through the entry points). */
+void evla_b1_gemm_f32_ref(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
+void evla_b1_gemm_i8_ref(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
+void evla_nm_gemm_f32_ref(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
+
+/* Row quantization shared by every int8 variant: q = round(x / s), s = max|x| / 127 (s = 1 for a zero row). */
+float evla_quantize_row_i8(const float *x, int32_t k, int32_t kp, int8_t *q);
+
+#endif

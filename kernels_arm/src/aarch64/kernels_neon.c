@@ -1,0 +1,103 @@
+/* aarch64 NEON variants (always available on aarch64; chosen at build time).
+ *
+ * fp32 x 1-bit: a 16-entry table turns each nibble of weight bits into a 4-lane mask; masked sums per group
+ * give the signed dot product as 2*S1 - sum(x). int8 x 1-bit: 16 sign bits become a 16-byte mask with
+ * vtst; masked int8 activations are widened and accumulated (vpadal). N:M sparse uses the reference.
+ */
+#include <arm_neon.h>
+#include <stdlib.h>
+
+#include "edgevla/kernels.h"
+
+static uint32_t nibble_masks[16][4];
+
+static void init_tables(void) {
+    static int done = 0;
+    if (done) return;
+    for (int v = 0; v < 16; v++)
+        for (int lane = 0; lane < 4; lane++) nibble_masks[v][lane] = (v >> lane) & 1 ? 0xffffffffu : 0u;
+    done = 1;
+}
+
+void evla_b1_gemm_f32_neon(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
+    init_tables();
+    const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
+    const int32_t row_bytes = evla_b1_row_bytes(k, g), groups = evla_b1_row_groups(k, g);
+    const int32_t full_bytes = k / 8, bytes_per_group = g / 8;
+    float *gsum = malloc(sizeof(float) * (size_t)rows * groups);
+    for (int32_t r = 0; r < rows; r++)
+        for (int32_t gi = 0; gi < groups; gi++) {
+            float s = 0.0f;
+            for (int32_t i = gi * g; i < (gi + 1) * g && i < k; i++) s += x[(size_t)r * k + i];
+            gsum[(size_t)r * groups + gi] = s;
+        }
+    for (int32_t j = 0; j < n; j++) {
+        const uint8_t *bits = w->bits + (size_t)j * row_bytes;
+        const uint16_t *scales = w->scales + (size_t)j * groups;
+        for (int32_t r = 0; r < rows; r++) {
+            const float *xr = x + (size_t)r * k;
+            float32x4_t total = vdupq_n_f32(0.0f);
+            float tail = 0.0f, corr = 0.0f;
+            for (int32_t gi = 0; gi < groups; gi++) {
+                const float scale = evla_f16_to_f32(scales[gi]);
+                float32x4_t a = vdupq_n_f32(0.0f), b2 = vdupq_n_f32(0.0f);
+                const int32_t b_end = (gi + 1) * bytes_per_group < full_bytes ? (gi + 1) * bytes_per_group : full_bytes;
+                for (int32_t b = gi * bytes_per_group; b < b_end; b++) {
+                    const uint8_t byte = bits[b];
+                    uint32x4_t lo = vld1q_u32(nibble_masks[byte & 15]), hi = vld1q_u32(nibble_masks[byte >> 4]);
+                    a = vaddq_f32(a, vreinterpretq_f32_u32(vandq_u32(lo, vreinterpretq_u32_f32(vld1q_f32(xr + 8 * b)))));
+                    b2 = vaddq_f32(b2, vreinterpretq_f32_u32(vandq_u32(hi, vreinterpretq_u32_f32(vld1q_f32(xr + 8 * b + 4)))));
+                }
+                for (int32_t i = (b_end > gi * bytes_per_group ? b_end : gi * bytes_per_group) * 8;
+                     i < (gi + 1) * g && i < k; i++)
+                    if (evla_b1_sign_bit(bits, i)) tail += 2.0f * scale * xr[i];
+                total = vfmaq_n_f32(total, vaddq_f32(a, b2), 2.0f * scale);
+                corr += scale * gsum[(size_t)r * groups + gi];
+            }
+            y[(size_t)r * n + j] = vaddvq_f32(total) + tail - corr;
+        }
+    }
+    free(gsum);
+}
+
+void evla_b1_gemm_i8_neon(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
+    const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
+    const int32_t kp = evla_padded_length(k, g);
+    const int32_t row_bytes = kp / 8, groups = kp / g;
+    int8_t *q = malloc((size_t)rows * kp);
+    float *rs = malloc(sizeof(float) * rows);
+    int32_t *gsum = malloc(sizeof(int32_t) * (size_t)rows * groups);
+    for (int32_t r = 0; r < rows; r++) {
+        rs[r] = evla_quantize_row_i8(x + (size_t)r * k, k, kp, q + (size_t)r * kp);
+        for (int32_t gi = 0; gi < groups; gi++) {
+            int32_t s = 0;
+            for (int32_t i = gi * g; i < (gi + 1) * g; i++) s += q[(size_t)r * kp + i];
+            gsum[(size_t)r * groups + gi] = s;
+        }
+    }
+    static const uint8_t select_bytes[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+    const uint8x16_t select = vld1q_u8(select_bytes);
+    for (int32_t j = 0; j < n; j++) {
+        const uint8_t *bits = w->bits + (size_t)j * row_bytes;
+        const uint16_t *scales = w->scales + (size_t)j * groups;
+        for (int32_t r = 0; r < rows; r++) {
+            const int8_t *qr = q + (size_t)r * kp;
+            float acc = 0.0f;
+            for (int32_t gi = 0; gi < groups; gi++) {
+                int32x4_t a = vdupq_n_s32(0);
+                for (int32_t i = gi * g; i < (gi + 1) * g; i += 16) {
+                    uint8x16_t replicated = vcombine_u8(vdup_n_u8(bits[i / 8]), vdup_n_u8(bits[i / 8 + 1]));
+                    uint8x16_t mask = vtstq_u8(replicated, select);
+                    int8x16_t masked = vandq_s8(vld1q_s8(qr + i), vreinterpretq_s8_u8(mask));
+                    a = vpadalq_s16(a, vpaddlq_s8(masked));
+                }
+                const float scale = evla_f16_to_f32(scales[gi]);
+                acc += scale * (float)(2 * vaddvq_s32(a) - gsum[(size_t)r * groups + gi]);
+            }
+            y[(size_t)r * n + j] = rs[r] * acc;
+        }
+    }
+    free(gsum);
+    free(rs);
+    free(q);
+}

@@ -1,0 +1,97 @@
+/* Public entry points: argument checks (nothing is read or written on a bad call), then the best variant. */
+#include "edgevla/kernels.h"
+
+#if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
+void evla_b1_gemm_f32_avx2(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
+void evla_b1_gemm_i8_avx2(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
+void evla_nm24_gemm_f32_avx2(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
+#endif
+#if defined(__aarch64__)
+void evla_b1_gemm_f32_neon(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
+void evla_b1_gemm_i8_neon(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
+#endif
+
+static int force_reference = 0;
+
+void evla_force_reference(int on) { force_reference = on; }
+
+static int use_avx2(void) {
+#if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    }
+    return cached && !force_reference;
+#else
+    return 0;
+#endif
+}
+
+static int use_neon(void) {
+#if defined(__aarch64__)
+    return !force_reference;
+#else
+    return 0;
+#endif
+}
+
+const char *evla_kernel_variant(void) {
+    if (use_avx2()) return "avx2";
+    if (use_neon()) return "neon";
+    return "ref";
+}
+
+static int check_b1(const float *x, int32_t rows, const evla_b1_matrix *w, const float *y, const evla_lengths *len) {
+    if (!x || !w || !y || !len || !w->bits || !w->scales) return EVLA_ERR_NULL;
+    if (rows < 1 || rows > EVLA_MAX_ROWS) return EVLA_ERR_ROWS;
+    if (w->in_features < 1 || w->out_features < 1 || w->group_size < 8 || w->group_size % 8) return EVLA_ERR_SHAPE;
+    const size_t n = (size_t)w->out_features, k = (size_t)w->in_features;
+    if (len->x != (size_t)rows * k || len->y != (size_t)rows * n ||
+        len->packed_a != n * (size_t)evla_b1_row_bytes(w->in_features, w->group_size) ||
+        len->packed_b != n * (size_t)evla_b1_row_groups(w->in_features, w->group_size))
+        return EVLA_ERR_LENGTH;
+    return EVLA_OK;
+}
+
+int evla_b1_gemm_f32(const float *x, int32_t rows, const evla_b1_matrix *w, float *y, const evla_lengths *len) {
+    int status = check_b1(x, rows, w, y, len);
+    if (status) return status;
+#if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
+    if (use_avx2()) { evla_b1_gemm_f32_avx2(x, rows, w, y); return EVLA_OK; }
+#endif
+#if defined(__aarch64__)
+    if (use_neon()) { evla_b1_gemm_f32_neon(x, rows, w, y); return EVLA_OK; }
+#endif
+    evla_b1_gemm_f32_ref(x, rows, w, y);
+    return EVLA_OK;
+}
+
+int evla_b1_gemm_i8(const float *x, int32_t rows, const evla_b1_matrix *w, float *y, const evla_lengths *len) {
+    int status = check_b1(x, rows, w, y, len);
+    if (status) return status;
+#if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
+    if (use_avx2() && w->group_size % 32 == 0) { evla_b1_gemm_i8_avx2(x, rows, w, y); return EVLA_OK; }
+#endif
+#if defined(__aarch64__)
+    if (use_neon() && w->group_size % 16 == 0) { evla_b1_gemm_i8_neon(x, rows, w, y); return EVLA_OK; }
+#endif
+    evla_b1_gemm_i8_ref(x, rows, w, y);
+    return EVLA_OK;
+}
+
+int evla_nm_gemm_f32(const float *x, int32_t rows, const evla_nm_matrix *w, float *y, const evla_lengths *len) {
+    if (!x || !w || !y || !len || !w->values || !w->indices) return EVLA_ERR_NULL;
+    if (rows < 1 || rows > EVLA_MAX_ROWS) return EVLA_ERR_ROWS;
+    if (w->in_features < 1 || w->out_features < 1 || w->n < 1 || w->m < w->n || w->m > 256) return EVLA_ERR_SHAPE;
+    const size_t n = (size_t)w->out_features, k = (size_t)w->in_features;
+    if (len->x != (size_t)rows * k || len->y != (size_t)rows * n ||
+        len->packed_a != n * (size_t)evla_nm_row_values(w->in_features, w->n, w->m) ||
+        len->packed_b != n * (size_t)evla_nm_row_index_bytes(w->in_features, w->n, w->m))
+        return EVLA_ERR_LENGTH;
+#if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
+    if (use_avx2() && w->n == 2 && w->m == 4) { evla_nm24_gemm_f32_avx2(x, rows, w, y); return EVLA_OK; }
+#endif
+    evla_nm_gemm_f32_ref(x, rows, w, y);
+    return EVLA_OK;
+}

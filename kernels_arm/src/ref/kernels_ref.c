@@ -1,0 +1,80 @@
+/* Portable reference kernels: the definition every architecture variant is tested against. */
+#include <math.h>
+
+#include "edgevla/kernels.h"
+
+float evla_quantize_row_i8(const float *x, int32_t k, int32_t kp, int8_t *q) {
+    float absmax = 0.0f;
+    for (int32_t i = 0; i < k; i++) {
+        float a = fabsf(x[i]);
+        if (a > absmax) absmax = a;
+    }
+    float s = absmax > 0.0f ? absmax / 127.0f : 1.0f;
+    float inv = 1.0f / s;
+    for (int32_t i = 0; i < k; i++) {
+        float v = nearbyintf(x[i] * inv);
+        q[i] = (int8_t)(v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v));
+    }
+    for (int32_t i = k; i < kp; i++) q[i] = 0;
+    return s;
+}
+
+void evla_b1_gemm_f32_ref(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
+    const int32_t k = w->in_features, g = w->group_size;
+    const int32_t row_bytes = evla_b1_row_bytes(k, g), groups = evla_b1_row_groups(k, g);
+    for (int32_t r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * k;
+        for (int32_t j = 0; j < w->out_features; j++) {
+            const uint8_t *bits = w->bits + (size_t)j * row_bytes;
+            const uint16_t *scales = w->scales + (size_t)j * groups;
+            float acc = 0.0f;
+            for (int32_t gi = 0; gi < groups; gi++) {
+                float dot = 0.0f;
+                int32_t end = (gi + 1) * g < k ? (gi + 1) * g : k;
+                for (int32_t i = gi * g; i < end; i++) dot += evla_b1_sign_bit(bits, i) ? xr[i] : -xr[i];
+                acc += evla_f16_to_f32(scales[gi]) * dot;
+            }
+            y[(size_t)r * w->out_features + j] = acc;
+        }
+    }
+}
+
+void evla_b1_gemm_i8_ref(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
+    const int32_t k = w->in_features, g = w->group_size;
+    const int32_t kp = evla_padded_length(k, g);
+    const int32_t row_bytes = kp / 8, groups = kp / g;
+    int8_t q[kp];
+    for (int32_t r = 0; r < rows; r++) {
+        float s = evla_quantize_row_i8(x + (size_t)r * k, k, kp, q);
+        for (int32_t j = 0; j < w->out_features; j++) {
+            const uint8_t *bits = w->bits + (size_t)j * row_bytes;
+            const uint16_t *scales = w->scales + (size_t)j * groups;
+            float acc = 0.0f;
+            for (int32_t gi = 0; gi < groups; gi++) {
+                int32_t dot = 0;
+                for (int32_t i = gi * g; i < (gi + 1) * g; i++) dot += evla_b1_sign_bit(bits, i) ? q[i] : -q[i];
+                acc += evla_f16_to_f32(scales[gi]) * (float)dot;
+            }
+            y[(size_t)r * w->out_features + j] = s * acc;
+        }
+    }
+}
+
+void evla_nm_gemm_f32_ref(const float *x, int32_t rows, const evla_nm_matrix *w, float *y) {
+    const int32_t k = w->in_features, n = w->n, m = w->m;
+    const int32_t fields = evla_nm_row_values(k, n, m), index_bytes = evla_nm_row_index_bytes(k, n, m);
+    const int32_t b = evla_nm_index_bits(m);
+    for (int32_t r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * k;
+        for (int32_t j = 0; j < w->out_features; j++) {
+            const uint16_t *values = w->values + (size_t)j * fields;
+            const uint8_t *indices = w->indices + (size_t)j * index_bytes;
+            float acc = 0.0f;
+            for (int32_t f = 0; f < fields; f++) {
+                int32_t col = (f / n) * m + evla_nm_index(indices, f, b);
+                if (col < k) acc += evla_f16_to_f32(values[f]) * xr[col];
+            }
+            y[(size_t)r * w->out_features + j] = acc;
+        }
+    }
+}

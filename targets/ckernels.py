@@ -1,0 +1,168 @@
+"""Build and load the kernels_arm C kernels: native shared library (ctypes) and per-arch test runners.
+
+Architectures: x86_64 (gcc; the AVX2 file is compiled with -mavx2 -mfma -mf16c and chosen at run time by
+CPU features, never -march=native) and aarch64 (aarch64-linux-gnu-gcc, static, run under qemu-aarch64).
+Builds are cached by a hash of the sources and flags under EDGEVLA_CACHE/kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgevla.runtime import formats
+
+ROOT = Path(__file__).resolve().parents[1] / "kernels_arm"
+INCLUDE = ROOT / "include"
+COMMON = ["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Werror", f"-I{INCLUDE}"]
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    compiler: str
+    sources: tuple[tuple[str, tuple[str, ...]], ...]  # (source, extra flags)
+    link: tuple[str, ...]
+    runner: tuple[str, ...]  # how to execute a binary for this arch here (prefix)
+
+
+ARCHES = {
+    "x86_64": Arch("x86_64", "gcc",
+                   (("src/ref/kernels_ref.c", ("-DEVLA_WITH_AVX2",)),
+                    ("src/x86/kernels_avx2.c", ("-mavx2", "-mfma", "-mf16c", "-DEVLA_WITH_AVX2")),
+                    ("src/dispatch.c", ("-DEVLA_WITH_AVX2",))), ("-lm",), ()),
+    "aarch64": Arch("aarch64", "aarch64-linux-gnu-gcc",
+                    (("src/ref/kernels_ref.c", ()), ("src/aarch64/kernels_neon.c", ("-march=armv8-a",)),
+                     ("src/dispatch.c", ())), ("-static", "-lm"), ("qemu-aarch64",)),
+}
+
+
+def _cache(key: str) -> Path:
+    home = Path(os.environ.get("EDGEVLA_CACHE", Path.home() / ".cache" / "edgevla")) / "kernels" / key
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def _digest(arch: Arch, extra: tuple[str, ...]) -> str:
+    h = hashlib.sha256(repr((arch, extra, COMMON)).encode())
+    for path in sorted(ROOT.rglob("*.[ch]")):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _compile(arch: Arch, extra: tuple[str, ...], out: Path, *, shared: bool, main: str | None = None) -> Path:
+    if shutil.which(arch.compiler) is None:
+        raise RuntimeError(f"{arch.compiler} is not installed: run scripts/setup.sh as root (it installs the "
+                           "cross compilers) to build the {arch.name} kernels")
+    objects = []
+    for source, flags in arch.sources + ((main, ()),) * (main is not None):
+        obj = out.with_name(out.name + "." + Path(source).stem + ".o")
+        subprocess.run([arch.compiler, *COMMON, *flags, *extra, *(("-fPIC",) if shared else ()), "-c",
+                        str(ROOT / source), "-o", str(obj)], check=True, capture_output=True, text=True)
+        objects.append(str(obj))
+    subprocess.run([arch.compiler, *extra, *(("-shared",) if shared else ()), *objects, "-o", str(out),
+                    *(a for a in arch.link if not (shared and a == "-static"))], check=True, capture_output=True,
+                   text=True)
+    return out
+
+
+def build_runner(arch_name: str, *, sanitize: bool = False) -> tuple[Path, tuple[str, ...]]:
+    """(file-driven runner executable, command prefix to run it here)."""
+    arch = ARCHES[arch_name]
+    extra = ("-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g") if sanitize else ()
+    if sanitize:
+        arch = Arch(arch.name, arch.compiler, arch.sources, tuple(a for a in arch.link if a != "-static"), arch.runner)
+    exe = _cache(_digest(arch, extra)) / f"kernel_runner-{arch_name}{'-asan' if sanitize else ''}"
+    if not exe.exists():
+        try:
+            _compile(arch, extra, exe, shared=False, main="tools/kernel_runner.c")
+        except subprocess.CalledProcessError as e:
+            raise RuntimeError(f"building the {arch_name} kernels failed: {e.stderr[-2000:]}") from e
+    return exe, arch.runner
+
+
+class NativeKernels:
+    """The x86_64 shared library through ctypes (pointers converted per call; fine for benchmarks of ms)."""
+
+    def __init__(self):
+        arch = ARCHES["x86_64"]
+        path = _cache(_digest(arch, ("shared",))) / "libedgevla_kernels.so"
+        if not path.exists():
+            _compile(arch, (), path, shared=True)
+        self.lib = ctypes.CDLL(str(path))
+        self.lib.evla_kernel_variant.restype = ctypes.c_char_p
+        for name, matrix in (("evla_b1_gemm_f32", _B1Matrix), ("evla_b1_gemm_i8", _B1Matrix),
+                             ("evla_nm_gemm_f32", _NmMatrix)):
+            function = getattr(self.lib, name)
+            function.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.POINTER(matrix), ctypes.c_void_p,
+                                 ctypes.POINTER(_Lengths)]
+            function.restype = ctypes.c_int
+
+    @property
+    def variant(self) -> str:
+        return self.lib.evla_kernel_variant().decode()
+
+    def force_reference(self, on: bool) -> None:
+        self.lib.evla_force_reference(int(on))
+
+    def call(self, kernel: str, x: np.ndarray, packed: formats.PackedWeight, y: np.ndarray | None = None) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        rows, k = x.shape
+        n = packed.out_features
+        y = np.empty((rows, n), np.float32) if y is None else y
+        ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+        if kernel == "nm":
+            a, b = packed.arrays["values"], packed.arrays["indices"]
+            matrix = _NmMatrix(ptr(a), ptr(b), n, k, packed.attrs["n"], packed.attrs["m"])
+            lengths = _Lengths(x.size, a.size, b.size, y.size)
+            status = self.lib.evla_nm_gemm_f32(ptr(x), rows, ctypes.byref(matrix), ptr(y), ctypes.byref(lengths))
+        else:
+            a, b = packed.arrays["bits"], packed.arrays["scales"]
+            matrix = _B1Matrix(ptr(a), ptr(b), n, k, packed.attrs["group_size"])
+            lengths = _Lengths(x.size, a.size, b.size, y.size)
+            function = self.lib.evla_b1_gemm_i8 if kernel == "b1i8" else self.lib.evla_b1_gemm_f32
+            status = function(ptr(x), rows, ctypes.byref(matrix), ptr(y), ctypes.byref(lengths))
+        if status != 0:
+            raise ValueError(f"kernel {kernel} refused its arguments: status {status}")
+        return y
+
+
+class _B1Matrix(ctypes.Structure):
+    _fields_ = [("bits", ctypes.c_void_p), ("scales", ctypes.c_void_p), ("out_features", ctypes.c_int32),
+                ("in_features", ctypes.c_int32), ("group_size", ctypes.c_int32)]
+
+
+class _NmMatrix(ctypes.Structure):
+    _fields_ = [("values", ctypes.c_void_p), ("indices", ctypes.c_void_p), ("out_features", ctypes.c_int32),
+                ("in_features", ctypes.c_int32), ("n", ctypes.c_int32), ("m", ctypes.c_int32)]
+
+
+class _Lengths(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_size_t), ("packed_a", ctypes.c_size_t), ("packed_b", ctypes.c_size_t),
+                ("y", ctypes.c_size_t)]
+
+
+def run_case(arch_name: str, kernel: str, x: np.ndarray, packed: formats.PackedWeight, workdir: Path, *,
+             reference: bool = False, sanitize: bool = False) -> tuple[np.ndarray, str]:
+    """Run one kernel case through the file-driven runner for `arch_name`; (y, variant)."""
+    exe, prefix = build_runner(arch_name, sanitize=sanitize)
+    rows, k = x.shape
+    names = ("values", "indices") if kernel == "nm" else ("bits", "scales")
+    p1, p2 = (packed.attrs["n"], packed.attrs["m"]) if kernel == "nm" else (packed.attrs["group_size"], 0)
+    files = [workdir / f for f in ("x.bin", "a.bin", "b.bin", "y.bin")]
+    np.ascontiguousarray(x, np.float32).tofile(files[0])
+    for f, name in zip(files[1:3], names):
+        np.ascontiguousarray(packed.arrays[name]).tofile(f)
+    result = subprocess.run([*prefix, str(exe), kernel, str(rows), str(k), str(packed.out_features), str(p1), str(p2),
+                             str(int(reference)), *map(str, files)], capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"{arch_name} runner failed ({result.returncode}): {result.stdout} {result.stderr[-2000:]}")
+    variant = result.stdout.split()[0]
+    return np.fromfile(files[3], np.float32).reshape(rows, packed.out_features), variant

@@ -1,0 +1,102 @@
+"""Backend-ops harness for the kernels_arm C kernels: every kernel x format x shape x architecture against
+the numpy reference in edgevla.runtime.formats, x86_64 natively (and under AddressSanitizer), aarch64 under
+qemu. Bad arguments are refused at the C boundary with an error code, never read out of bounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgevla.runtime import formats
+from edgevla.targets import ckernels
+
+# Named tolerances. fp32 kernels reorder float32 sums; int8 kernels add per-row quantization (absmax / 127),
+# bounded exactly: |y_int8 - y| <= (s / 2) * sum_k |W[j, k]| with s = max|x_row| / 127.
+FP32 = {"rtol": 1e-4, "atol": 1e-4}
+INT8_VS_ITS_REFERENCE = {"rtol": 1e-5, "atol": 1e-5}
+
+CASES = [  # kernel, format options, (N, K)
+    ("b1f32", {"group_size": 64}, (7, 40)), ("b1f32", {"group_size": 64}, (33, 200)),
+    ("b1f32", {"group_size": 8}, (5, 13)), ("b1f32", {"group_size": 128}, (64, 512)),
+    ("b1i8", {"group_size": 64}, (7, 40)), ("b1i8", {"group_size": 64}, (33, 256)),
+    ("b1i8", {"group_size": 8}, (5, 13)), ("b1i8", {"group_size": 32}, (16, 100)),
+    ("nm", {"n": 2, "m": 4}, (7, 40)), ("nm", {"n": 2, "m": 4}, (33, 203)), ("nm", {"n": 2, "m": 4}, (16, 512)),
+    ("nm", {"n": 1, "m": 4}, (9, 70)), ("nm", {"n": 4, "m": 8}, (12, 96)),
+]
+ROWS = [1, 3, 8, 16]
+
+
+def pack(kernel, options, shape, seed=0):
+    w = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+    return formats.pack_nm(w, **options) if kernel == "nm" else formats.pack_binary(w, **options)
+
+
+def check(kernel, x, packed, y, variant_y=None):
+    expected = formats.get_format(packed.format).matmul_ref(x, packed)
+    if kernel == "b1i8":
+        step = np.abs(x).max(axis=1, keepdims=True) / 127.0
+        bound = 0.5 * step * np.abs(formats.unpack(packed)).sum(axis=1)[None, :] * 1.001 + 1e-5
+        assert np.all(np.abs(y - expected) <= bound), float(np.max(np.abs(y - expected) - bound))
+        if variant_y is not None:
+            np.testing.assert_allclose(variant_y, y, **INT8_VS_ITS_REFERENCE)
+    else:
+        np.testing.assert_allclose(y, expected, **FP32)
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+@pytest.mark.parametrize("kernel,options,shape", CASES)
+def test_kernel_matches_reference(arch, kernel, options, shape, tmp_path):
+    packed = pack(kernel, options, shape)
+    for rows in ROWS:
+        x = np.random.default_rng(rows).normal(size=(rows, shape[1])).astype(np.float32)
+        y_ref, ref_name = ckernels.run_case(arch, kernel, x, packed, tmp_path, reference=True)
+        y, variant = ckernels.run_case(arch, kernel, x, packed, tmp_path)
+        assert ref_name == "ref" and variant == {"x86_64": "avx2", "aarch64": "neon"}[arch]
+        check(kernel, x, packed, y_ref)
+        check(kernel, x, packed, y, variant_y=y) if kernel != "b1i8" else check(kernel, x, packed, y_ref, variant_y=y)
+
+
+@pytest.mark.parametrize("kernel,options,shape", CASES[::2])
+def test_kernels_under_address_sanitizer(kernel, options, shape, tmp_path):
+    packed = pack(kernel, options, shape, seed=3)
+    for rows in (1, 5, 16):
+        x = np.random.default_rng(rows).normal(size=(rows, shape[1])).astype(np.float32)
+        for reference in (False, True):
+            y, _ = ckernels.run_case("x86_64", kernel, x, packed, tmp_path, reference=reference, sanitize=True)
+            check(kernel, x, packed, y)
+
+
+def test_bad_arguments_are_refused_at_the_c_boundary():
+    import ctypes
+
+    native = ckernels.NativeKernels()
+    packed = pack("b1f32", {"group_size": 64}, (8, 100))
+    x = np.ones((2, 100), np.float32)
+    native.call("b1f32", x, packed)  # fine
+    lib = native.lib
+    matrix = ckernels._B1Matrix(packed.arrays["bits"].ctypes.data, packed.arrays["scales"].ctypes.data, 8, 100, 64)
+    y = np.zeros((2, 8), np.float32)
+    good = ckernels._Lengths(200, packed.arrays["bits"].size, packed.arrays["scales"].size, 16)
+    call = lambda xp, rows, m, yp, lens: lib.evla_b1_gemm_f32(xp, rows, m, yp, lens)  # noqa: E731
+    assert call(x.ctypes.data, 2, ctypes.byref(matrix), y.ctypes.data, ctypes.byref(good)) == 0
+    assert call(None, 2, ctypes.byref(matrix), y.ctypes.data, ctypes.byref(good)) == -1      # NULL x
+    assert call(x.ctypes.data, 0, ctypes.byref(matrix), y.ctypes.data, ctypes.byref(good)) == -2  # rows
+    assert call(x.ctypes.data, 17, ctypes.byref(matrix), y.ctypes.data, ctypes.byref(good)) == -2
+    short = ckernels._Lengths(200, packed.arrays["bits"].size - 1, packed.arrays["scales"].size, 16)
+    assert call(x.ctypes.data, 2, ctypes.byref(matrix), y.ctypes.data, ctypes.byref(short)) == -4  # padding rule
+    bad_group = ckernels._B1Matrix(packed.arrays["bits"].ctypes.data, packed.arrays["scales"].ctypes.data, 8, 100, 12)
+    assert call(x.ctypes.data, 2, ctypes.byref(bad_group), y.ctypes.data, ctypes.byref(good)) == -3
+    y[:] = 7.0
+    assert call(x.ctypes.data, 2, ctypes.byref(matrix), y.ctypes.data, ctypes.byref(short)) == -4
+    assert np.all(y == 7.0)  # a refused call writes nothing
+    with pytest.raises(ValueError, match="refused its arguments: status -2"):
+        native.call("b1f32", np.ones((17, 100), np.float32), packed)
+
+
+def test_wrong_lengths_under_asan_are_refused_not_read(tmp_path):
+    """The runner derives lengths from the files: a truncated weight file must be refused (status -4)."""
+    packed = pack("nm", {"n": 2, "m": 4}, (8, 64))
+    short = formats.PackedWeight("nm", {"values": packed.arrays["values"][:, :-1].copy(),
+                                        "indices": packed.arrays["indices"]}, packed.attrs, packed.out_features)
+    with pytest.raises(RuntimeError, match=r"failed \(1\): \w+ -4"):
+        ckernels.run_case("x86_64", "nm", np.ones((1, 64), np.float32), short, tmp_path, sanitize=True)
