@@ -52,16 +52,30 @@ void evla_b1_gemm_f32_avx2(const float *x, int32_t rows, const evla_b1_matrix *w
             __m256 t0 = _mm256_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
             float tail[4] = {0, 0, 0, 0};
             for (int32_t gi = 0; gi < groups; gi++) {
-                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, e0 = a0, e1 = a0, e2 = a0, e3 = a0;
                 const int32_t b_start = gi * bytes_per_group;
                 const int32_t b_end = b_start + bytes_per_group < full_bytes ? b_start + bytes_per_group : full_bytes;
-                for (int32_t b = b_start; b < b_end; b++) {
+                int32_t b = b_start;
+                for (; b + 2 <= b_end; b += 2) {  /* two bytes per step: eight independent FMA chains */
+                    const __m256 xv = _mm256_loadu_ps(xr + 8 * b), xw = _mm256_loadu_ps(xr + 8 * b + 8);
+                    a0 = _mm256_fmadd_ps(xv, _mm256_load_ps(b1_signs[b0[b]]), a0);
+                    a1 = _mm256_fmadd_ps(xv, _mm256_load_ps(b1_signs[b1[b]]), a1);
+                    a2 = _mm256_fmadd_ps(xv, _mm256_load_ps(b1_signs[b2[b]]), a2);
+                    a3 = _mm256_fmadd_ps(xv, _mm256_load_ps(b1_signs[b3[b]]), a3);
+                    e0 = _mm256_fmadd_ps(xw, _mm256_load_ps(b1_signs[b0[b + 1]]), e0);
+                    e1 = _mm256_fmadd_ps(xw, _mm256_load_ps(b1_signs[b1[b + 1]]), e1);
+                    e2 = _mm256_fmadd_ps(xw, _mm256_load_ps(b1_signs[b2[b + 1]]), e2);
+                    e3 = _mm256_fmadd_ps(xw, _mm256_load_ps(b1_signs[b3[b + 1]]), e3);
+                }
+                for (; b < b_end; b++) {
                     const __m256 xv = _mm256_loadu_ps(xr + 8 * b);
                     a0 = _mm256_fmadd_ps(xv, _mm256_load_ps(b1_signs[b0[b]]), a0);
                     a1 = _mm256_fmadd_ps(xv, _mm256_load_ps(b1_signs[b1[b]]), a1);
                     a2 = _mm256_fmadd_ps(xv, _mm256_load_ps(b1_signs[b2[b]]), a2);
                     a3 = _mm256_fmadd_ps(xv, _mm256_load_ps(b1_signs[b3[b]]), a3);
                 }
+                a0 = _mm256_add_ps(a0, e0); a1 = _mm256_add_ps(a1, e1);
+                a2 = _mm256_add_ps(a2, e2); a3 = _mm256_add_ps(a3, e3);
                 const float c0 = evla_f16_to_f32(s0[gi]), c1 = evla_f16_to_f32(s1[gi]),
                             c2 = evla_f16_to_f32(s2[gi]), c3 = evla_f16_to_f32(s3[gi]);
                 for (int32_t i = (b_end > b_start ? b_end : b_start) * 8; i < (gi + 1) * g && i < k; i++) {
