@@ -6,10 +6,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 # Debian packages: a C compiler (C header tests), Mesa EGL for MuJoCo's GPU-less offscreen rendering,
-# the aarch64 cross compiler and qemu-user (arm64 targets are linked here and verified under qemu),
-# OpenSSH (the flash tests start a real sshd on loopback).
+# the aarch64 and armv7 cross compilers and qemu-user (arm64 targets and the ARM kernels run under qemu),
+# OpenSSH (the flash tests start a real sshd on loopback), node (wasm32 kernels run in node as well).
 DEB_PACKAGES=(gcc libc6-dev libegl1 libegl-mesa0 libopengl0 libgl1-mesa-dri g++-aarch64-linux-gnu qemu-user
-              openssh-client openssh-server)
+              gcc-arm-linux-gnueabihf openssh-client openssh-server nodejs)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

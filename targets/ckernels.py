@@ -1,7 +1,8 @@
 """Build and load the kernels_arm C kernels: native shared library (ctypes) and per-arch test runners.
 
 Architectures: x86_64 (gcc; the AVX2 file is compiled with -mavx2 -mfma -mf16c and chosen at run time by
-CPU features, never -march=native) and aarch64 (aarch64-linux-gnu-gcc, static, run under qemu-aarch64).
+CPU features, never -march=native), aarch64 and armv7 (GNU cross compilers, static, run under qemu-aarch64 /
+qemu-arm), wasm32 (zig cc for wasm32-wasi with SIMD128, run in wasmtime and in node).
 Builds are cached by a hash of the sources and flags under EDGEVLA_CACHE/kernels.
 """
 
@@ -12,6 +13,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,21 +29,31 @@ COMMON = ["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Werror", f"-I{INCLUDE}"]
 @dataclass(frozen=True)
 class Arch:
     name: str
-    compiler: str
+    compiler: tuple[str, ...]
     sources: tuple[tuple[str, tuple[str, ...]], ...]  # (source, extra flags)
     link: tuple[str, ...]
-    runner: tuple[str, ...]  # how to execute a binary for this arch here (prefix)
+    runner: tuple[str, ...]  # how to execute a binary for this arch here (prefix; "wasm" for the wasi runners)
 
 
+ZIG_CC = (sys.executable, "-m", "ziglang", "cc")
 ARCHES = {
-    "x86_64": Arch("x86_64", "gcc",
+    "x86_64": Arch("x86_64", ("gcc",),
                    (("src/ref/kernels_ref.c", ("-DEVLA_WITH_AVX2",)),
                     ("src/x86/kernels_avx2.c", ("-mavx2", "-mfma", "-mf16c", "-DEVLA_WITH_AVX2")),
                     ("src/dispatch.c", ("-DEVLA_WITH_AVX2",))), ("-lm",), ()),
-    "aarch64": Arch("aarch64", "aarch64-linux-gnu-gcc",
-                    (("src/ref/kernels_ref.c", ()), ("src/aarch64/kernels_neon.c", ("-march=armv8-a",)),
+    "aarch64": Arch("aarch64", ("aarch64-linux-gnu-gcc",),
+                    (("src/ref/kernels_ref.c", ()), ("src/arm/kernels_neon.c", ("-march=armv8-a",)),
                      ("src/dispatch.c", ())), ("-static", "-lm"), ("qemu-aarch64",)),
+    "armv7": Arch("armv7", ("arm-linux-gnueabihf-gcc", "-march=armv7-a", "-mfpu=neon", "-mfloat-abi=hard"),
+                  (("src/ref/kernels_ref.c", ()), ("src/arm/kernels_neon.c", ()), ("src/dispatch.c", ())),
+                  ("-static", "-lm"), ("qemu-arm",)),
+    "wasm32": Arch("wasm32", (*ZIG_CC, "--target=wasm32-wasi", "-msimd128"),
+                   (("src/ref/kernels_ref.c", ()), ("src/wasm/kernels_simd128.c", ()), ("src/dispatch.c", ())),
+                   ("-lm",), ("wasm",)),
 }
+RUNNERS = {"x86_64": "x86_64", "aarch64": "aarch64", "armv7": "armv7", "wasm32-wasmtime": "wasm32",
+           "wasm32-node": "wasm32"}  # where a case can run here -> the build it uses
+VARIANT = {"x86_64": "avx2", "aarch64": "neon", "armv7": "neon", "wasm32": "simd128"}
 
 
 def _cache(key: str) -> Path:
@@ -58,16 +70,16 @@ def _digest(arch: Arch, extra: tuple[str, ...]) -> str:
 
 
 def _compile(arch: Arch, extra: tuple[str, ...], out: Path, *, shared: bool, main: str | None = None) -> Path:
-    if shutil.which(arch.compiler) is None:
-        raise RuntimeError(f"{arch.compiler} is not installed: run scripts/setup.sh as root (it installs the "
-                           "cross compilers) to build the {arch.name} kernels")
+    if arch.compiler[0] != sys.executable and shutil.which(arch.compiler[0]) is None:
+        raise RuntimeError(f"{arch.compiler[0]} is not installed: run scripts/setup.sh as root (it installs the "
+                           f"cross compilers) to build the {arch.name} kernels")
     objects = []
     for source, flags in arch.sources + ((main, ()),) * (main is not None):
         obj = out.with_name(out.name + "." + Path(source).stem + ".o")
-        subprocess.run([arch.compiler, *COMMON, *flags, *extra, *(("-fPIC",) if shared else ()), "-c",
+        subprocess.run([*arch.compiler, *COMMON, *flags, *extra, *(("-fPIC",) if shared else ()), "-c",
                         str(ROOT / source), "-o", str(obj)], check=True, capture_output=True, text=True)
         objects.append(str(obj))
-    subprocess.run([arch.compiler, *extra, *(("-shared",) if shared else ()), *objects, "-o", str(out),
+    subprocess.run([*arch.compiler, *extra, *(("-shared",) if shared else ()), *objects, "-o", str(out),
                     *(a for a in arch.link if not (shared and a == "-static"))], check=True, capture_output=True,
                    text=True)
     return out
@@ -149,20 +161,31 @@ class _Lengths(ctypes.Structure):
                 ("y", ctypes.c_size_t)]
 
 
-def run_case(arch_name: str, kernel: str, x: np.ndarray, packed: formats.PackedWeight, workdir: Path, *,
+def run_case(where: str, kernel: str, x: np.ndarray, packed: formats.PackedWeight, workdir: Path, *,
              reference: bool = False, sanitize: bool = False) -> tuple[np.ndarray, str]:
-    """Run one kernel case through the file-driven runner for `arch_name`; (y, variant)."""
+    """Run one kernel case through the file-driven runner `where` (see RUNNERS); (y, variant)."""
+    arch_name = RUNNERS[where]
     exe, prefix = build_runner(arch_name, sanitize=sanitize)
     rows, k = x.shape
     names = ("values", "indices") if kernel == "nm" else ("bits", "scales")
     p1, p2 = (packed.attrs["n"], packed.attrs["m"]) if kernel == "nm" else (packed.attrs["group_size"], 0)
-    files = [workdir / f for f in ("x.bin", "a.bin", "b.bin", "y.bin")]
-    np.ascontiguousarray(x, np.float32).tofile(files[0])
+    files = ["x.bin", "a.bin", "b.bin", "y.bin"]
+    np.ascontiguousarray(x, np.float32).tofile(workdir / files[0])
     for f, name in zip(files[1:3], names):
-        np.ascontiguousarray(packed.arrays[name]).tofile(f)
-    result = subprocess.run([*prefix, str(exe), kernel, str(rows), str(k), str(packed.out_features), str(p1), str(p2),
-                             str(int(reference)), *map(str, files)], capture_output=True, text=True, timeout=300)
-    if result.returncode != 0:
-        raise RuntimeError(f"{arch_name} runner failed ({result.returncode}): {result.stdout} {result.stderr[-2000:]}")
-    variant = result.stdout.split()[0]
-    return np.fromfile(files[3], np.float32).reshape(rows, packed.out_features), variant
+        np.ascontiguousarray(packed.arrays[name]).tofile(workdir / f)
+    (workdir / files[3]).unlink(missing_ok=True)
+    args = [kernel, str(rows), str(k), str(packed.out_features), str(p1), str(p2), str(int(reference))]
+    if prefix == ("wasm",):
+        from .emulate import wasi
+
+        run = wasi.run_wasmtime if where == "wasm32-wasmtime" else wasi.run_node
+        code, stdout = run(exe, args + [f"{wasi.GUEST_DIR}/{f}" for f in files], workdir)
+        stderr = ""
+    else:
+        result = subprocess.run([*prefix, str(exe), *args, *(str(workdir / f) for f in files)], capture_output=True,
+                                text=True, timeout=300)
+        code, stdout, stderr = result.returncode, result.stdout, result.stderr
+    if code != 0:
+        raise RuntimeError(f"{where} runner failed ({code}): {stdout} {stderr[-2000:]}")
+    variant = stdout.split()[0]
+    return np.fromfile(workdir / files[3], np.float32).reshape(rows, packed.out_features), variant

@@ -1,6 +1,6 @@
 """Backend-ops harness for the kernels_arm C kernels: every kernel x format x shape x architecture against
-the numpy reference in edgevla.runtime.formats, x86_64 natively (and under AddressSanitizer), aarch64 under
-qemu. Bad arguments are refused at the C boundary with an error code, never read out of bounds."""
+the numpy reference in edgevla.runtime.formats: x86_64 natively (and under AddressSanitizer), aarch64 and
+armv7 under qemu, wasm32 in wasmtime and in node. Bad arguments are refused at the C boundary with an error code, never read out of bounds."""
 
 from __future__ import annotations
 
@@ -43,15 +43,15 @@ def check(kernel, x, packed, y, variant_y=None):
         np.testing.assert_allclose(y, expected, **FP32)
 
 
-@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+@pytest.mark.parametrize("where", sorted(ckernels.RUNNERS))
 @pytest.mark.parametrize("kernel,options,shape", CASES)
-def test_kernel_matches_reference(arch, kernel, options, shape, tmp_path):
+def test_kernel_matches_reference(where, kernel, options, shape, tmp_path):
     packed = pack(kernel, options, shape)
     for rows in ROWS:
         x = np.random.default_rng(rows).normal(size=(rows, shape[1])).astype(np.float32)
-        y_ref, ref_name = ckernels.run_case(arch, kernel, x, packed, tmp_path, reference=True)
-        y, variant = ckernels.run_case(arch, kernel, x, packed, tmp_path)
-        assert ref_name == "ref" and variant == {"x86_64": "avx2", "aarch64": "neon"}[arch]
+        y_ref, ref_name = ckernels.run_case(where, kernel, x, packed, tmp_path, reference=True)
+        y, variant = ckernels.run_case(where, kernel, x, packed, tmp_path)
+        assert ref_name == "ref" and variant == ckernels.VARIANT[ckernels.RUNNERS[where]]
         check(kernel, x, packed, y_ref)
         check(kernel, x, packed, y, variant_y=y) if kernel != "b1i8" else check(kernel, x, packed, y_ref, variant_y=y)
 

@@ -6,9 +6,13 @@ void evla_b1_gemm_f32_avx2(const float *x, int32_t rows, const evla_b1_matrix *w
 void evla_b1_gemm_i8_avx2(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_nm24_gemm_f32_avx2(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
 #endif
-#if defined(__aarch64__)
+#if defined(__aarch64__) || defined(__ARM_NEON)
 void evla_b1_gemm_f32_neon(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_b1_gemm_i8_neon(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
+#endif
+
+#if defined(__wasm_simd128__)
+void evla_b1_gemm_f32_simd128(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 #endif
 
 static int force_reference = 0;
@@ -29,7 +33,15 @@ static int use_avx2(void) {
 }
 
 static int use_neon(void) {
-#if defined(__aarch64__)
+#if defined(__aarch64__) || defined(__ARM_NEON)
+    return !force_reference;
+#else
+    return 0;
+#endif
+}
+
+static int use_simd128(void) {
+#if defined(__wasm_simd128__)
     return !force_reference;
 #else
     return 0;
@@ -39,6 +51,7 @@ static int use_neon(void) {
 const char *evla_kernel_variant(void) {
     if (use_avx2()) return "avx2";
     if (use_neon()) return "neon";
+    if (use_simd128()) return "simd128";
     return "ref";
 }
 
@@ -60,8 +73,11 @@ int evla_b1_gemm_f32(const float *x, int32_t rows, const evla_b1_matrix *w, floa
 #if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
     if (use_avx2()) { evla_b1_gemm_f32_avx2(x, rows, w, y); return EVLA_OK; }
 #endif
-#if defined(__aarch64__)
+#if defined(__aarch64__) || defined(__ARM_NEON)
     if (use_neon()) { evla_b1_gemm_f32_neon(x, rows, w, y); return EVLA_OK; }
+#endif
+#if defined(__wasm_simd128__)
+    if (use_simd128()) { evla_b1_gemm_f32_simd128(x, rows, w, y); return EVLA_OK; }
 #endif
     evla_b1_gemm_f32_ref(x, rows, w, y);
     return EVLA_OK;
@@ -73,7 +89,7 @@ int evla_b1_gemm_i8(const float *x, int32_t rows, const evla_b1_matrix *w, float
 #if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
     if (use_avx2() && w->group_size % 32 == 0) { evla_b1_gemm_i8_avx2(x, rows, w, y); return EVLA_OK; }
 #endif
-#if defined(__aarch64__)
+#if defined(__aarch64__) || defined(__ARM_NEON)
     if (use_neon() && w->group_size % 16 == 0) { evla_b1_gemm_i8_neon(x, rows, w, y); return EVLA_OK; }
 #endif
     evla_b1_gemm_i8_ref(x, rows, w, y);

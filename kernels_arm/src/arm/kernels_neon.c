@@ -1,4 +1,4 @@
-/* aarch64 NEON variants (always available on aarch64; chosen at build time).
+/* ARM NEON variants: aarch64 (always available) and armv7-a with -mfpu=neon (chosen at build time).
  *
  * fp32 x 1-bit: a 16-entry table turns each nibble of weight bits into a 4-lane mask; masked sums per group
  * give the signed dot product as 2*S1 - sum(x). int8 x 1-bit: 16 sign bits become a 16-byte mask with
@@ -8,6 +8,24 @@
 #include <stdlib.h>
 
 #include "edgevla/kernels.h"
+
+#if defined(__aarch64__)
+#define EVLA_HADD_F32(v) vaddvq_f32(v)
+#define EVLA_HADD_S32(v) vaddvq_s32(v)
+#define EVLA_FMA_N(acc, v, s) vfmaq_n_f32(acc, v, s)
+#else /* armv7: no across-vector adds, no fused multiply-add by scalar */
+static inline float evla_hadd_f32(float32x4_t v) {
+    float32x2_t p = vadd_f32(vget_low_f32(v), vget_high_f32(v));
+    return vget_lane_f32(vpadd_f32(p, p), 0);
+}
+static inline int32_t evla_hadd_s32(int32x4_t v) {
+    int32x2_t p = vadd_s32(vget_low_s32(v), vget_high_s32(v));
+    return vget_lane_s32(vpadd_s32(p, p), 0);
+}
+#define EVLA_HADD_F32(v) evla_hadd_f32(v)
+#define EVLA_HADD_S32(v) evla_hadd_s32(v)
+#define EVLA_FMA_N(acc, v, s) vmlaq_n_f32(acc, v, s)
+#endif
 
 static uint32_t nibble_masks[16][4];
 
@@ -51,10 +69,10 @@ void evla_b1_gemm_f32_neon(const float *x, int32_t rows, const evla_b1_matrix *w
                 for (int32_t i = (b_end > gi * bytes_per_group ? b_end : gi * bytes_per_group) * 8;
                      i < (gi + 1) * g && i < k; i++)
                     if (evla_b1_sign_bit(bits, i)) tail += 2.0f * scale * xr[i];
-                total = vfmaq_n_f32(total, vaddq_f32(a, b2), 2.0f * scale);
+                total = EVLA_FMA_N(total, vaddq_f32(a, b2), 2.0f * scale);
                 corr += scale * gsum[(size_t)r * groups + gi];
             }
-            y[(size_t)r * n + j] = vaddvq_f32(total) + tail - corr;
+            y[(size_t)r * n + j] = EVLA_HADD_F32(total) + tail - corr;
         }
     }
     free(gsum);
@@ -92,7 +110,7 @@ void evla_b1_gemm_i8_neon(const float *x, int32_t rows, const evla_b1_matrix *w,
                     a = vpadalq_s16(a, vpaddlq_s8(masked));
                 }
                 const float scale = evla_f16_to_f32(scales[gi]);
-                acc += scale * (float)(2 * vaddvq_s32(a) - gsum[(size_t)r * groups + gi]);
+                acc += scale * (float)(2 * EVLA_HADD_S32(a) - gsum[(size_t)r * groups + gi]);
             }
             y[(size_t)r * n + j] = rs[r] * acc;
         }

@@ -1,0 +1,50 @@
+/* WebAssembly SIMD128 variant (compiled with -msimd128; chosen at build time).
+ *
+ * fp32 x 1-bit: a 256-entry table turns each weight byte into eight +-1.0 lanes (two f32x4), so each byte
+ * costs two multiply-adds; the float16 group scale is applied once per group. int8 and N:M use the reference.
+ */
+#include <wasm_simd128.h>
+
+#include "edgevla/kernels.h"
+
+static float b1_signs[256][8];
+
+static void init_tables(void) {
+    static int done = 0;
+    if (done) return;
+    for (int byte = 0; byte < 256; byte++)
+        for (int lane = 0; lane < 8; lane++) b1_signs[byte][lane] = (byte >> lane) & 1 ? 1.0f : -1.0f;
+    done = 1;
+}
+
+void evla_b1_gemm_f32_simd128(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
+    init_tables();
+    const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
+    const int32_t row_bytes = evla_b1_row_bytes(k, g), groups = evla_b1_row_groups(k, g);
+    const int32_t full_bytes = k / 8, bytes_per_group = g / 8;
+    for (int32_t r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * k;
+        for (int32_t j = 0; j < n; j++) {
+            const uint8_t *bits = w->bits + (size_t)j * row_bytes;
+            const uint16_t *scales = w->scales + (size_t)j * groups;
+            v128_t total = wasm_f32x4_splat(0.0f);
+            float tail = 0.0f;
+            for (int32_t gi = 0; gi < groups; gi++) {
+                const float scale = evla_f16_to_f32(scales[gi]);
+                v128_t a = wasm_f32x4_splat(0.0f);
+                const int32_t b_start = gi * bytes_per_group;
+                const int32_t b_end = b_start + bytes_per_group < full_bytes ? b_start + bytes_per_group : full_bytes;
+                for (int32_t b = b_start; b < b_end; b++) {
+                    const float *s = b1_signs[bits[b]];
+                    a = wasm_f32x4_add(a, wasm_f32x4_mul(wasm_v128_load(xr + 8 * b), wasm_v128_load(s)));
+                    a = wasm_f32x4_add(a, wasm_f32x4_mul(wasm_v128_load(xr + 8 * b + 4), wasm_v128_load(s + 4)));
+                }
+                for (int32_t i = (b_end > b_start ? b_end : b_start) * 8; i < (gi + 1) * g && i < k; i++)
+                    tail += (evla_b1_sign_bit(bits, i) ? scale : -scale) * xr[i];
+                total = wasm_f32x4_add(total, wasm_f32x4_mul(a, wasm_f32x4_splat(scale)));
+            }
+            y[(size_t)r * n + j] = wasm_f32x4_extract_lane(total, 0) + wasm_f32x4_extract_lane(total, 1) +
+                                   wasm_f32x4_extract_lane(total, 2) + wasm_f32x4_extract_lane(total, 3) + tail;
+        }
+    }
+}
