@@ -40,6 +40,8 @@ ARCHES = {
     "x86_64": Arch("x86_64", ("gcc",),
                    (("src/ref/kernels_ref.c", ("-DEVLA_WITH_AVX2",)),
                     ("src/x86/kernels_avx2.c", ("-mavx2", "-mfma", "-mf16c", "-DEVLA_WITH_AVX2")),
+                    ("src/x86/kernels_avx512.c", ("-mavx512f", "-mavx512bw", "-mavx512vnni", "-mfma",
+                                                  "-DEVLA_WITH_AVX2")),
                     ("src/dispatch.c", ("-DEVLA_WITH_AVX2",))), ("-lm",), ()),
     "aarch64": Arch("aarch64", ("aarch64-linux-gnu-gcc",),
                     (("src/ref/kernels_ref.c", ()), ("src/arm/kernels_neon.c", ("-march=armv8-a",)),
@@ -121,8 +123,9 @@ class NativeKernels:
     def variant(self) -> str:
         return self.lib.evla_kernel_variant().decode()
 
-    def force_reference(self, on: bool) -> None:
-        self.lib.evla_force_reference(int(on))
+    def force_level(self, level: int) -> None:
+        """0: best variant; 1: portable reference; 2: at most AVX2."""
+        self.lib.evla_force_reference(int(level))
 
     def call(self, kernel: str, x: np.ndarray, packed: formats.PackedWeight, y: np.ndarray | None = None) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -162,7 +165,7 @@ class _Lengths(ctypes.Structure):
 
 
 def run_case(where: str, kernel: str, x: np.ndarray, packed: formats.PackedWeight, workdir: Path, *,
-             reference: bool = False, sanitize: bool = False) -> tuple[np.ndarray, str]:
+             reference: bool | int = False, sanitize: bool = False) -> tuple[np.ndarray, str]:
     """Run one kernel case through the file-driven runner `where` (see RUNNERS); (y, variant)."""
     arch_name = RUNNERS[where]
     exe, prefix = build_runner(arch_name, sanitize=sanitize)

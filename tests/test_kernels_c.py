@@ -43,17 +43,35 @@ def check(kernel, x, packed, y, variant_y=None):
         np.testing.assert_allclose(y, expected, **FP32)
 
 
+def _cpu_flags() -> set[str]:
+    text = open("/proc/cpuinfo").read()
+    return set(next(line for line in text.splitlines() if line.startswith("flags")).split(":")[1].split())
+
+
+def expected_variants(where: str) -> list[tuple[int, str]]:
+    """(level, variant name) pairs to run: the best variant, and on x86 also the AVX2 one."""
+    if where != "x86_64":
+        return [(0, ckernels.VARIANT[ckernels.RUNNERS[where]])]
+    avx512 = {"avx512f", "avx512bw", "avx512_vnni"} <= _cpu_flags()
+    return [(0, "avx512" if avx512 else "avx2"), (2, "avx2")]
+
+
 @pytest.mark.parametrize("where", sorted(ckernels.RUNNERS))
 @pytest.mark.parametrize("kernel,options,shape", CASES)
 def test_kernel_matches_reference(where, kernel, options, shape, tmp_path):
     packed = pack(kernel, options, shape)
     for rows in ROWS:
         x = np.random.default_rng(rows).normal(size=(rows, shape[1])).astype(np.float32)
-        y_ref, ref_name = ckernels.run_case(where, kernel, x, packed, tmp_path, reference=True)
-        y, variant = ckernels.run_case(where, kernel, x, packed, tmp_path)
-        assert ref_name == "ref" and variant == ckernels.VARIANT[ckernels.RUNNERS[where]]
+        y_ref, ref_name = ckernels.run_case(where, kernel, x, packed, tmp_path, reference=1)
+        assert ref_name == "ref"
         check(kernel, x, packed, y_ref)
-        check(kernel, x, packed, y, variant_y=y) if kernel != "b1i8" else check(kernel, x, packed, y_ref, variant_y=y)
+        for level, expected in expected_variants(where):
+            y, variant = ckernels.run_case(where, kernel, x, packed, tmp_path, reference=level)
+            assert variant == expected
+            if kernel == "b1i8":
+                check(kernel, x, packed, y_ref, variant_y=y)
+            else:
+                check(kernel, x, packed, y)
 
 
 @pytest.mark.parametrize("kernel,options,shape", CASES[::2])
@@ -61,8 +79,8 @@ def test_kernels_under_address_sanitizer(kernel, options, shape, tmp_path):
     packed = pack(kernel, options, shape, seed=3)
     for rows in (1, 5, 16):
         x = np.random.default_rng(rows).normal(size=(rows, shape[1])).astype(np.float32)
-        for reference in (False, True):
-            y, _ = ckernels.run_case("x86_64", kernel, x, packed, tmp_path, reference=reference, sanitize=True)
+        for level in (0, 1, 2):  # best (AVX-512 where present), reference, AVX2
+            y, _ = ckernels.run_case("x86_64", kernel, x, packed, tmp_path, reference=level, sanitize=True)
             check(kernel, x, packed, y)
 
 

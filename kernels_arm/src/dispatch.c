@@ -2,6 +2,8 @@
 #include "edgevla/kernels.h"
 
 #if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
+void evla_b1_gemm_f32_avx512(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
+void evla_b1_gemm_i8_avx512(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_b1_gemm_f32_avx2(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_b1_gemm_i8_avx2(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_nm24_gemm_f32_avx2(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
@@ -15,9 +17,23 @@ void evla_b1_gemm_i8_neon(const float *x, int32_t rows, const evla_b1_matrix *w,
 void evla_b1_gemm_f32_simd128(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 #endif
 
-static int force_reference = 0;
+static int force_reference = 0;  /* 0: best variant, 1: portable reference, 2: at most AVX2 */
 
 void evla_force_reference(int on) { force_reference = on; }
+
+static int use_avx512(void) {
+#if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vnni");
+    }
+    return cached && force_reference == 0;
+#else
+    return 0;
+#endif
+}
 
 static int use_avx2(void) {
 #if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
@@ -26,7 +42,7 @@ static int use_avx2(void) {
         __builtin_cpu_init();
         cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     }
-    return cached && !force_reference;
+    return cached && force_reference != 1;
 #else
     return 0;
 #endif
@@ -49,6 +65,7 @@ static int use_simd128(void) {
 }
 
 const char *evla_kernel_variant(void) {
+    if (use_avx512()) return "avx512";
     if (use_avx2()) return "avx2";
     if (use_neon()) return "neon";
     if (use_simd128()) return "simd128";
@@ -71,6 +88,7 @@ int evla_b1_gemm_f32(const float *x, int32_t rows, const evla_b1_matrix *w, floa
     int status = check_b1(x, rows, w, y, len);
     if (status) return status;
 #if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
+    if (use_avx512() && w->group_size % 16 == 0) { evla_b1_gemm_f32_avx512(x, rows, w, y); return EVLA_OK; }
     if (use_avx2()) { evla_b1_gemm_f32_avx2(x, rows, w, y); return EVLA_OK; }
 #endif
 #if defined(__aarch64__) || defined(__ARM_NEON)
@@ -87,6 +105,7 @@ int evla_b1_gemm_i8(const float *x, int32_t rows, const evla_b1_matrix *w, float
     int status = check_b1(x, rows, w, y, len);
     if (status) return status;
 #if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
+    if (use_avx512() && w->group_size % 64 == 0) { evla_b1_gemm_i8_avx512(x, rows, w, y); return EVLA_OK; }
     if (use_avx2() && w->group_size % 32 == 0) { evla_b1_gemm_i8_avx2(x, rows, w, y); return EVLA_OK; }
 #endif
 #if defined(__aarch64__) || defined(__ARM_NEON)

@@ -40,10 +40,10 @@ int evla_b1_gemm_f32(const float *x, int32_t rows, const evla_b1_matrix *w, floa
 int evla_b1_gemm_i8(const float *x, int32_t rows, const evla_b1_matrix *w, float *y, const evla_lengths *len);
 int evla_nm_gemm_f32(const float *x, int32_t rows, const evla_nm_matrix *w, float *y, const evla_lengths *len);
 
-/* Which implementation the entry points above use on this CPU ("ref", "avx2", "neon"). */
+/* Which implementation the entry points above use on this CPU ("ref", "avx2", "avx512", "neon", "simd128"). */
 const char *evla_kernel_variant(void);
-/* Force the portable reference (1) or the best variant (0); for tests and benchmarks. */
-void evla_force_reference(int on);
+/* 0: the best variant this CPU has; 1: the portable reference; 2: at most AVX2 (x86). For tests, benchmarks. */
+void evla_force_reference(int level);
 
 /* The portable reference implementations (no argument checks: call through the entry points). */
 void evla_b1_gemm_f32_ref(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);

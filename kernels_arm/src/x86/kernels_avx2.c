@@ -25,6 +25,13 @@ static void init_tables(void) {
     done = 1;
 }
 
+/* float16 scales of one row -> float32, 8 at a time with vcvtph2ps */
+static void scales_to_f32(const uint16_t *h, int32_t count, float *out) {
+    int32_t i = 0;
+    for (; i + 8 <= count; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+    for (; i < count; i++) out[i] = evla_f16_to_f32(h[i]);
+}
+
 static inline float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -49,6 +56,9 @@ void evla_b1_gemm_f32_avx2(const float *x, int32_t rows, const evla_b1_matrix *w
             const uint16_t *s0 = w->scales + (size_t)j0 * groups;
             const uint16_t *s1 = s0 + (nj > 1 ? groups : 0), *s2 = s0 + (nj > 2 ? 2 * groups : 0),
                            *s3 = s0 + (nj > 3 ? 3 * groups : 0);
+            float sc[4][groups];
+            scales_to_f32(s0, groups, sc[0]); scales_to_f32(s1, groups, sc[1]);
+            scales_to_f32(s2, groups, sc[2]); scales_to_f32(s3, groups, sc[3]);
             __m256 t0 = _mm256_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
             float tail[4] = {0, 0, 0, 0};
             for (int32_t gi = 0; gi < groups; gi++) {
@@ -76,8 +86,7 @@ void evla_b1_gemm_f32_avx2(const float *x, int32_t rows, const evla_b1_matrix *w
                 }
                 a0 = _mm256_add_ps(a0, e0); a1 = _mm256_add_ps(a1, e1);
                 a2 = _mm256_add_ps(a2, e2); a3 = _mm256_add_ps(a3, e3);
-                const float c0 = evla_f16_to_f32(s0[gi]), c1 = evla_f16_to_f32(s1[gi]),
-                            c2 = evla_f16_to_f32(s2[gi]), c3 = evla_f16_to_f32(s3[gi]);
+                const float c0 = sc[0][gi], c1 = sc[1][gi], c2 = sc[2][gi], c3 = sc[3][gi];
                 for (int32_t i = (b_end > b_start ? b_end : b_start) * 8; i < (gi + 1) * g && i < k; i++) {
                     tail[0] += (evla_b1_sign_bit(b0, i) ? c0 : -c0) * xr[i];
                     tail[1] += (evla_b1_sign_bit(b1, i) ? c1 : -c1) * xr[i];
@@ -112,9 +121,10 @@ void evla_b1_gemm_i8_avx2(const float *x, int32_t rows, const evla_b1_matrix *w,
                                                2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
     const __m256i select = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
     const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    float *sc = malloc(sizeof(float) * (size_t)groups);
     for (int32_t j = 0; j < n; j++) {
         const uint8_t *bits = w->bits + (size_t)j * row_bytes;
-        const uint16_t *scales = w->scales + (size_t)j * groups;
+        scales_to_f32(w->scales + (size_t)j * groups, groups, sc);
         int32_t r0 = 0;
         for (; r0 + 4 <= rows; r0 += 4) {  /* four batch rows share each mask */
             const int8_t *q0 = q + (size_t)r0 * kp, *q1 = q0 + kp, *q2 = q0 + 2 * kp, *q3 = q0 + 3 * kp;
@@ -132,7 +142,7 @@ void evla_b1_gemm_i8_avx2(const float *x, int32_t rows, const evla_b1_matrix *w,
                     a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, _mm256_and_si256(m, _mm256_loadu_si256((const __m256i *)(q2 + i)))), ones16));
                     a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, _mm256_and_si256(m, _mm256_loadu_si256((const __m256i *)(q3 + i)))), ones16));
                 }
-                const float scale = evla_f16_to_f32(scales[gi]);
+                const float scale = sc[gi];
                 const __m256 s2 = _mm256_set1_ps(2.0f * scale);
                 t0 = _mm256_fmadd_ps(s2, _mm256_cvtepi32_ps(a0), t0); t1 = _mm256_fmadd_ps(s2, _mm256_cvtepi32_ps(a1), t1);
                 t2 = _mm256_fmadd_ps(s2, _mm256_cvtepi32_ps(a2), t2); t3 = _mm256_fmadd_ps(s2, _mm256_cvtepi32_ps(a3), t3);
@@ -154,13 +164,14 @@ void evla_b1_gemm_i8_avx2(const float *x, int32_t rows, const evla_b1_matrix *w,
                     m = _mm256_cmpeq_epi8(_mm256_and_si256(m, select), select);
                     a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, _mm256_and_si256(m, _mm256_loadu_si256((const __m256i *)(q0 + i)))), ones16));
                 }
-                const float scale = evla_f16_to_f32(scales[gi]);
+                const float scale = sc[gi];
                 t0 = _mm256_fmadd_ps(_mm256_set1_ps(2.0f * scale), _mm256_cvtepi32_ps(a0), t0);
                 corr += scale * (float)gsum[(size_t)r0 * groups + gi];
             }
             y[(size_t)r0 * n + j] = rs[r0] * (hsum256(t0) - corr);
         }
     }
+    free(sc);
     free(gsum);
     free(rs);
     free(q);

@@ -1,0 +1,143 @@
+/* x86 AVX-512 (F, BW, VNNI) variants, chosen at run time by CPU features.
+ *
+ * Sign bits are used directly as AVX-512 lane masks: fp32 x 1-bit adds the activations whose bit is set
+ * (16 lanes per 2 weight bytes, one masked add); int8 x 1-bit zeroes the int8 activations whose bit is
+ * clear (one masked move per 8 weight bytes) and sums them with VNNI (vpdpbusd against ones). Group sums
+ * S1 are scaled into vector totals (no horizontal add per group); the -sum(x) half of 2*S1 - sum(x) is one
+ * dot product of the row's scales (converted with vcvtph2ps) with the activation group sums. Four output
+ * rows share each activation load.
+ */
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "edgevla/kernels.h"
+
+/* float16 scales of one row -> float32, 16 at a time with vcvtph2ps */
+static void scales_to_f32(const uint16_t *h, int32_t count, float *out) {
+    int32_t i = 0;
+    for (; i + 16 <= count; i += 16) _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
+    for (; i < count; i++) out[i] = evla_f16_to_f32(h[i]);
+}
+
+static float dot_f32(const float *a, const float *b, int32_t count) {
+    __m512 acc = _mm512_setzero_ps();
+    int32_t i = 0;
+    for (; i + 16 <= count; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+    float s = _mm512_reduce_add_ps(acc);
+    for (; i < count; i++) s += a[i] * b[i];
+    return s;
+}
+
+void evla_b1_gemm_f32_avx512(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
+    const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
+    const int32_t row_bytes = evla_b1_row_bytes(k, g), groups = evla_b1_row_groups(k, g);
+    const int32_t full_pairs = k / 16, pairs_per_group = g / 16;  /* a pair of bytes = 16 weights = one zmm */
+    float *gsum = malloc(sizeof(float) * (size_t)groups);
+    for (int32_t r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * k;
+        for (int32_t gi = 0; gi < groups; gi++) {
+            float s = 0.0f;
+            for (int32_t i = gi * g; i < (gi + 1) * g && i < k; i++) s += xr[i];
+            gsum[gi] = s;
+        }
+        for (int32_t j0 = 0; j0 < n; j0 += 4) {
+            const int32_t nj = n - j0 < 4 ? n - j0 : 4;
+            const uint8_t *b[4];
+            const uint16_t *s[4];
+            for (int32_t q = 0; q < 4; q++) {
+                int32_t jq = j0 + (q < nj ? q : 0);
+                b[q] = w->bits + (size_t)jq * row_bytes;
+                s[q] = w->scales + (size_t)jq * groups;
+            }
+            float sc[4][groups];
+            for (int32_t q = 0; q < 4; q++) scales_to_f32(s[q], groups, sc[q]);
+            __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
+            float tail[4] = {0, 0, 0, 0};
+            for (int32_t gi = 0; gi < groups; gi++) {
+                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                const int32_t p_start = gi * pairs_per_group;
+                const int32_t p_end = p_start + pairs_per_group < full_pairs ? p_start + pairs_per_group : full_pairs;
+                for (int32_t p = p_start; p < p_end; p++) {
+                    const __m512 xv = _mm512_loadu_ps(xr + 16 * p);
+                    uint16_t m0, m1, m2, m3;
+                    memcpy(&m0, b[0] + 2 * p, 2); memcpy(&m1, b[1] + 2 * p, 2);
+                    memcpy(&m2, b[2] + 2 * p, 2); memcpy(&m3, b[3] + 2 * p, 2);
+                    a0 = _mm512_mask_add_ps(a0, m0, a0, xv); a1 = _mm512_mask_add_ps(a1, m1, a1, xv);
+                    a2 = _mm512_mask_add_ps(a2, m2, a2, xv); a3 = _mm512_mask_add_ps(a3, m3, a3, xv);
+                }
+                for (int32_t i = (p_end > p_start ? p_end : p_start) * 16; i < (gi + 1) * g && i < k; i++)
+                    for (int32_t q = 0; q < 4; q++)
+                        if (evla_b1_sign_bit(b[q], i)) tail[q] += 2.0f * sc[q][gi] * xr[i];
+                t0 = _mm512_fmadd_ps(a0, _mm512_set1_ps(2.0f * sc[0][gi]), t0);
+                t1 = _mm512_fmadd_ps(a1, _mm512_set1_ps(2.0f * sc[1][gi]), t1);
+                t2 = _mm512_fmadd_ps(a2, _mm512_set1_ps(2.0f * sc[2][gi]), t2);
+                t3 = _mm512_fmadd_ps(a3, _mm512_set1_ps(2.0f * sc[3][gi]), t3);
+            }
+            const float out[4] = {
+                _mm512_reduce_add_ps(t0) + tail[0] - dot_f32(sc[0], gsum, groups),
+                _mm512_reduce_add_ps(t1) + tail[1] - dot_f32(sc[1], gsum, groups),
+                _mm512_reduce_add_ps(t2) + tail[2] - dot_f32(sc[2], gsum, groups),
+                _mm512_reduce_add_ps(t3) + tail[3] - dot_f32(sc[3], gsum, groups)};
+            for (int32_t q = 0; q < nj; q++) y[(size_t)r * n + j0 + q] = out[q];
+        }
+    }
+    free(gsum);
+}
+
+void evla_b1_gemm_i8_avx512(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
+    const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
+    const int32_t kp = evla_padded_length(k, g);
+    const int32_t row_bytes = kp / 8, groups = kp / g;
+    int8_t *q = malloc((size_t)kp);
+    int32_t *gsum = malloc(sizeof(int32_t) * (size_t)groups);
+    float *gsum_f = malloc(sizeof(float) * (size_t)groups);
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int32_t r = 0; r < rows; r++) {
+        const float scale_x = evla_quantize_row_i8(x + (size_t)r * k, k, kp, q);
+        for (int32_t gi = 0; gi < groups; gi++) {
+            int32_t s = 0;
+            for (int32_t i = gi * g; i < (gi + 1) * g; i++) s += q[i];
+            gsum[gi] = s;
+            gsum_f[gi] = (float)s;
+        }
+        for (int32_t j0 = 0; j0 < n; j0 += 4) {
+            const int32_t nj = n - j0 < 4 ? n - j0 : 4;
+            const uint8_t *b[4];
+            const uint16_t *s[4];
+            for (int32_t qq = 0; qq < 4; qq++) {
+                int32_t jq = j0 + (qq < nj ? qq : 0);
+                b[qq] = w->bits + (size_t)jq * row_bytes;
+                s[qq] = w->scales + (size_t)jq * groups;
+            }
+            float sc[4][groups];
+            for (int32_t qq = 0; qq < 4; qq++) scales_to_f32(s[qq], groups, sc[qq]);
+            __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
+            for (int32_t gi = 0; gi < groups; gi++) {
+                __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+                for (int32_t i = gi * g; i < (gi + 1) * g; i += 64) {
+                    const __m512i xv = _mm512_loadu_si512((const void *)(q + i));
+                    uint64_t m0, m1, m2, m3;
+                    memcpy(&m0, b[0] + i / 8, 8); memcpy(&m1, b[1] + i / 8, 8);
+                    memcpy(&m2, b[2] + i / 8, 8); memcpy(&m3, b[3] + i / 8, 8);
+                    a0 = _mm512_dpbusd_epi32(a0, ones, _mm512_maskz_mov_epi8(m0, xv));
+                    a1 = _mm512_dpbusd_epi32(a1, ones, _mm512_maskz_mov_epi8(m1, xv));
+                    a2 = _mm512_dpbusd_epi32(a2, ones, _mm512_maskz_mov_epi8(m2, xv));
+                    a3 = _mm512_dpbusd_epi32(a3, ones, _mm512_maskz_mov_epi8(m3, xv));
+                }
+                t0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), _mm512_set1_ps(2.0f * sc[0][gi]), t0);
+                t1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_set1_ps(2.0f * sc[1][gi]), t1);
+                t2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a2), _mm512_set1_ps(2.0f * sc[2][gi]), t2);
+                t3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a3), _mm512_set1_ps(2.0f * sc[3][gi]), t3);
+            }
+            const float out[4] = {_mm512_reduce_add_ps(t0) - dot_f32(sc[0], gsum_f, groups),
+                                  _mm512_reduce_add_ps(t1) - dot_f32(sc[1], gsum_f, groups),
+                                  _mm512_reduce_add_ps(t2) - dot_f32(sc[2], gsum_f, groups),
+                                  _mm512_reduce_add_ps(t3) - dot_f32(sc[3], gsum_f, groups)};
+            for (int32_t qq = 0; qq < nj; qq++) y[(size_t)r * n + j0 + qq] = scale_x * out[qq];
+        }
+    }
+    free(gsum_f);
+    free(gsum);
+    free(q);
+}
