@@ -211,3 +211,40 @@ void evla_nm24_gemm_f32_avx2(const float *x, int32_t rows, const evla_nm_matrix 
         }
     }
 }
+
+static int32_t nm14_offsets[256][4];  /* index byte (four 1:4 groups) -> four column offsets */
+
+void evla_nm14_gemm_f32_avx2(const float *x, int32_t rows, const evla_nm_matrix *w, float *y) {
+    static int ready = 0;
+    if (!ready) {
+        for (int byte = 0; byte < 256; byte++)
+            for (int f = 0; f < 4; f++) nm14_offsets[byte][f] = f * 4 + ((byte >> (2 * f)) & 3);
+        ready = 1;
+    }
+    const int32_t k = w->in_features, n = w->out_features;
+    const int32_t fields = evla_nm_row_values(k, 1, 4), index_bytes = evla_nm_row_index_bytes(k, 1, 4);
+    const int32_t main_fields = (k / 4) / 8 * 8;  /* 8 whole groups (32 activations) per step */
+    for (int32_t j = 0; j < n; j++) {
+        const uint16_t *values = w->values + (size_t)j * fields;
+        const uint8_t *indices = w->indices + (size_t)j * index_bytes;
+        __m256 acc[EVLA_MAX_ROWS];
+        for (int32_t r = 0; r < rows; r++) acc[r] = _mm256_setzero_ps();
+        for (int32_t f = 0; f < main_fields; f += 8) {
+            const __m128i lo = _mm_loadu_si128((const __m128i *)nm14_offsets[indices[f / 4]]);
+            const __m128i hi = _mm_add_epi32(_mm_loadu_si128((const __m128i *)nm14_offsets[indices[f / 4 + 1]]),
+                                             _mm_set1_epi32(16));
+            const __m256i offsets = _mm256_add_epi32(_mm256_set_m128i(hi, lo), _mm256_set1_epi32(f * 4));
+            const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(values + f)));
+            for (int32_t r = 0; r < rows; r++)
+                acc[r] = _mm256_fmadd_ps(v, _mm256_i32gather_ps(x + (size_t)r * k, offsets, 4), acc[r]);
+        }
+        for (int32_t r = 0; r < rows; r++) {
+            float s = hsum256(acc[r]);
+            for (int32_t f = main_fields; f < fields; f++) {
+                int32_t col = f * 4 + evla_nm_index(indices, f, 2);
+                if (col < k) s += evla_f16_to_f32(values[f]) * x[(size_t)r * k + col];
+            }
+            y[(size_t)r * n + j] = s;
+        }
+    }
+}
