@@ -33,25 +33,27 @@ void evla_b1_gemm_f32_avx512(const float *x, int32_t rows, const evla_b1_matrix 
     const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
     const int32_t row_bytes = evla_b1_row_bytes(k, g), groups = evla_b1_row_groups(k, g);
     const int32_t full_pairs = k / 16, pairs_per_group = g / 16;  /* a pair of bytes = 16 weights = one zmm */
-    float *gsum = malloc(sizeof(float) * (size_t)groups);
-    for (int32_t r = 0; r < rows; r++) {
-        const float *xr = x + (size_t)r * k;
+    float *gsum_all = malloc(sizeof(float) * (size_t)rows * groups);
+    for (int32_t r = 0; r < rows; r++)
         for (int32_t gi = 0; gi < groups; gi++) {
             float s = 0.0f;
-            for (int32_t i = gi * g; i < (gi + 1) * g && i < k; i++) s += xr[i];
-            gsum[gi] = s;
+            for (int32_t i = gi * g; i < (gi + 1) * g && i < k; i++) s += x[(size_t)r * k + i];
+            gsum_all[(size_t)r * groups + gi] = s;
         }
-        for (int32_t j0 = 0; j0 < n; j0 += 4) {
-            const int32_t nj = n - j0 < 4 ? n - j0 : 4;
-            const uint8_t *b[4];
-            const uint16_t *s[4];
-            for (int32_t q = 0; q < 4; q++) {
-                int32_t jq = j0 + (q < nj ? q : 0);
-                b[q] = w->bits + (size_t)jq * row_bytes;
-                s[q] = w->scales + (size_t)jq * groups;
-            }
-            float sc[4][groups];
-            for (int32_t q = 0; q < 4; q++) scales_to_f32(s[q], groups, sc[q]);
+    for (int32_t j0 = 0; j0 < n; j0 += 4) {  /* weights outer: each block's scales converted once for all rows */
+        const int32_t nj = n - j0 < 4 ? n - j0 : 4;
+        const uint8_t *b[4];
+        const uint16_t *s[4];
+        for (int32_t q = 0; q < 4; q++) {
+            int32_t jq = j0 + (q < nj ? q : 0);
+            b[q] = w->bits + (size_t)jq * row_bytes;
+            s[q] = w->scales + (size_t)jq * groups;
+        }
+        float sc[4][groups];
+        for (int32_t q = 0; q < 4; q++) scales_to_f32(s[q], groups, sc[q]);
+        for (int32_t r = 0; r < rows; r++) {
+            const float *xr = x + (size_t)r * k;
+            const float *gsum = gsum_all + (size_t)r * groups;
             __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
             float tail[4] = {0, 0, 0, 0};
             for (int32_t gi = 0; gi < groups; gi++) {
@@ -82,36 +84,41 @@ void evla_b1_gemm_f32_avx512(const float *x, int32_t rows, const evla_b1_matrix 
             for (int32_t q = 0; q < nj; q++) y[(size_t)r * n + j0 + q] = out[q];
         }
     }
-    free(gsum);
+    free(gsum_all);
 }
 
 void evla_b1_gemm_i8_avx512(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
     const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
     const int32_t kp = evla_padded_length(k, g);
     const int32_t row_bytes = kp / 8, groups = kp / g;
-    int8_t *q = malloc((size_t)kp);
-    int32_t *gsum = malloc(sizeof(int32_t) * (size_t)groups);
-    float *gsum_f = malloc(sizeof(float) * (size_t)groups);
+    int8_t *q_all = malloc((size_t)rows * kp);
+    float *scale_all = malloc(sizeof(float) * (size_t)rows);
+    float *gsum_all = malloc(sizeof(float) * (size_t)rows * groups);
     const __m512i ones = _mm512_set1_epi8(1);
     for (int32_t r = 0; r < rows; r++) {
-        const float scale_x = evla_quantize_row_i8(x + (size_t)r * k, k, kp, q);
+        int8_t *qr = q_all + (size_t)r * kp;
+        scale_all[r] = evla_quantize_row_i8(x + (size_t)r * k, k, kp, qr);
         for (int32_t gi = 0; gi < groups; gi++) {
             int32_t s = 0;
-            for (int32_t i = gi * g; i < (gi + 1) * g; i++) s += q[i];
-            gsum[gi] = s;
-            gsum_f[gi] = (float)s;
+            for (int32_t i = gi * g; i < (gi + 1) * g; i++) s += qr[i];
+            gsum_all[(size_t)r * groups + gi] = (float)s;
         }
-        for (int32_t j0 = 0; j0 < n; j0 += 4) {
-            const int32_t nj = n - j0 < 4 ? n - j0 : 4;
-            const uint8_t *b[4];
-            const uint16_t *s[4];
-            for (int32_t qq = 0; qq < 4; qq++) {
-                int32_t jq = j0 + (qq < nj ? qq : 0);
-                b[qq] = w->bits + (size_t)jq * row_bytes;
-                s[qq] = w->scales + (size_t)jq * groups;
-            }
-            float sc[4][groups];
-            for (int32_t qq = 0; qq < 4; qq++) scales_to_f32(s[qq], groups, sc[qq]);
+    }
+    for (int32_t j0 = 0; j0 < n; j0 += 4) {  /* weights outer: each block's scales converted once for all rows */
+        const int32_t nj = n - j0 < 4 ? n - j0 : 4;
+        const uint8_t *b[4];
+        const uint16_t *s[4];
+        for (int32_t qq = 0; qq < 4; qq++) {
+            int32_t jq = j0 + (qq < nj ? qq : 0);
+            b[qq] = w->bits + (size_t)jq * row_bytes;
+            s[qq] = w->scales + (size_t)jq * groups;
+        }
+        float sc[4][groups];
+        for (int32_t qq = 0; qq < 4; qq++) scales_to_f32(s[qq], groups, sc[qq]);
+        for (int32_t r = 0; r < rows; r++) {
+            const int8_t *q = q_all + (size_t)r * kp;
+            const float scale_x = scale_all[r];
+            const float *gsum_f = gsum_all + (size_t)r * groups;
             __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
             for (int32_t gi = 0; gi < groups; gi++) {
                 __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
@@ -137,7 +144,7 @@ void evla_b1_gemm_i8_avx512(const float *x, int32_t rows, const evla_b1_matrix *
             for (int32_t qq = 0; qq < nj; qq++) y[(size_t)r * n + j0 + qq] = scale_x * out[qq];
         }
     }
-    free(gsum_f);
-    free(gsum);
-    free(q);
+    free(gsum_all);
+    free(scale_all);
+    free(q_all);
 }
