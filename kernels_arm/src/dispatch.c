@@ -4,6 +4,7 @@
 #if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
 void evla_b1_gemm_f32_avx512(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_b1_gemm_i8_avx512(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
+void evla_nm_m4_gemm_f32_avx512(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
 void evla_b1_gemm_f32_avx2(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_b1_gemm_i8_avx2(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_nm24_gemm_f32_avx2(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
@@ -126,6 +127,7 @@ int evla_nm_gemm_f32(const float *x, int32_t rows, const evla_nm_matrix *w, floa
         len->packed_b != n * (size_t)evla_nm_row_index_bytes(w->in_features, w->n, w->m))
         return EVLA_ERR_LENGTH;
 #if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
+    if (use_avx512() && w->m == 4 && w->n <= 2) { evla_nm_m4_gemm_f32_avx512(x, rows, w, y); return EVLA_OK; }
     if (use_avx2() && w->n == 2 && w->m == 4) { evla_nm24_gemm_f32_avx2(x, rows, w, y); return EVLA_OK; }
     if (use_avx2() && w->n == 1 && w->m == 4) { evla_nm14_gemm_f32_avx2(x, rows, w, y); return EVLA_OK; }
 #endif

@@ -148,3 +148,50 @@ void evla_b1_gemm_i8_avx512(const float *x, int32_t rows, const evla_b1_matrix *
     free(scale_all);
     free(q_all);
 }
+
+/* N:M with m = 4 (n = 2 or 1). For 16 kept values at a time the lane indices are computed in registers:
+   broadcast the 32 index bits, shift lane i right by 2*i, mask to 2 bits, add the group's base column; the
+   kept activations are then picked from the 32 (2:4) or 64 (1:4) loaded ones with vpermt2ps. The index
+   vector is built once per 16 values and reused for every batch row. */
+void evla_nm_m4_gemm_f32_avx512(const float *x, int32_t rows, const evla_nm_matrix *w, float *y) {
+    const int32_t k = w->in_features, n = w->out_features, keep = w->n;
+    const int32_t fields = evla_nm_row_values(k, keep, 4), index_bytes = evla_nm_row_index_bytes(k, keep, 4);
+    const int32_t groups_per_step = 16 / keep;  /* 8 groups (2:4) or 16 groups (1:4) per 16 values */
+    const int32_t main_fields = (k / 4) / groups_per_step * 16;
+    const __m512i shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i base = keep == 2 ? _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28)
+                                   : _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60);
+    const __m512i three = _mm512_set1_epi32(3), low5 = _mm512_set1_epi32(31);
+    for (int32_t j = 0; j < n; j++) {
+        const uint16_t *values = w->values + (size_t)j * fields;
+        const uint8_t *indices = w->indices + (size_t)j * index_bytes;
+        __m512 acc[EVLA_MAX_ROWS];
+        for (int32_t r = 0; r < rows; r++) acc[r] = _mm512_setzero_ps();
+        for (int32_t f = 0; f < main_fields; f += 16) {
+            uint32_t word;
+            memcpy(&word, indices + f / 4, 4);
+            const __m512i lane = _mm512_add_epi32(
+                _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32((int)word), shifts), three), base);
+            const __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(values + f)));
+            const int32_t column = f / keep * 4;
+            for (int32_t r = 0; r < rows; r++) {
+                const float *xr = x + (size_t)r * k + column;
+                __m512 kept = _mm512_permutex2var_ps(_mm512_loadu_ps(xr), lane, _mm512_loadu_ps(xr + 16));
+                if (keep == 1) {  /* lanes whose column is >= 32 come from the second pair of vectors */
+                    const __m512 upper = _mm512_permutex2var_ps(_mm512_loadu_ps(xr + 32), _mm512_and_si512(lane, low5),
+                                                                _mm512_loadu_ps(xr + 48));
+                    kept = _mm512_mask_blend_ps(_mm512_cmpge_epi32_mask(lane, _mm512_set1_epi32(32)), kept, upper);
+                }
+                acc[r] = _mm512_fmadd_ps(v, kept, acc[r]);
+            }
+        }
+        for (int32_t r = 0; r < rows; r++) {
+            float s = _mm512_reduce_add_ps(acc[r]);
+            for (int32_t f = main_fields; f < fields; f++) {
+                int32_t col = (f / keep) * 4 + evla_nm_index(indices, f, 2);
+                if (col < k) s += evla_f16_to_f32(values[f]) * x[(size_t)r * k + col];
+            }
+            y[(size_t)r * n + j] = s;
+        }
+    }
+}
