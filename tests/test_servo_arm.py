@@ -77,9 +77,8 @@ def test_servo_that_stops_answering_ends_in_a_safe_stop_never_a_hang(tmp_path):
         held = arm.safe_action()
         loop.close()
         arm.close()
-        # The last command on the bus is the hold position (the safe action), not a policy step.
-        goals = [emulator.position(1)]
-        assert abs(goals[0] - arm.to_ticks(float(held[0]))) <= 2
+        # The arm was left holding where it was (the safe action), not at a policy step.
+        assert abs(emulator.position(1) - arm.to_ticks(float(held[0]))) <= 2
 
 
 def test_faults_on_the_bus_are_ridden_through_by_retries(tmp_path):
