@@ -19,7 +19,7 @@ def _demo(args) -> int:
 def _compile(args) -> int:
     from edgevla.targets import compile_bundle, verify_bundle
 
-    bundle = compile_bundle(args.model, args.target, args.output)
+    bundle = compile_bundle(args.model, args.target, args.output, kernels=args.kernels)
     print(f"wrote {bundle.path} ({bundle.target['name']}, library {bundle.manifest['library']})")
     if not args.no_verify:
         report = verify_bundle(bundle.path)
@@ -273,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="host", help="host, arm64, arm64-rpi5, arm64-orin-cpu or jetson-orin (default host)")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write")
     p.add_argument("--no-verify", action="store_true", help="skip running the bundle against onnxruntime")
+    p.add_argument("--kernels", choices=["auto", "c", "tir"], default="auto",
+                   help="packed-format kernels: link the kernels_arm C kernels where the target has them "
+                        "(auto, default), or TIR kernels only")
     p.set_defaults(func=_compile)
 
     p = verbs.add_parser("verify", help="run a bundle on its target (as closely as this machine allows) and "

@@ -49,15 +49,19 @@ class Arm64Target(Target):
             target["mcpu"] = self.cpu
         return target
 
-    def build(self, model: onnx.ModelProto, out_dir: Path) -> Path:
-        from . import tvm_backend
+    c_kernel_arch = "aarch64"
+
+    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False) -> Path:
+        from . import ckernels, tvm_backend
 
         if shutil.which(CROSS_COMPILER) is None:
             raise RuntimeError(f"{CROSS_COMPILER} is not installed: run scripts/setup.sh as root (Debian package "
                                "g++-aarch64-linux-gnu) or put an aarch64 cross g++ on PATH")
-        mod = tvm_backend.import_onnx(model)
+        mod = tvm_backend.import_onnx(model, c_kernels=c_kernels)
         executable = tvm_backend.compile_module(mod, self.tvm_target())
-        return tvm_backend.export_library(executable, Path(out_dir) / "model.so", cross_compiler=CROSS_COMPILER)
+        addons = ckernels.link_objects("aarch64") if c_kernels else None
+        return tvm_backend.export_library(executable, Path(out_dir) / "model.so", cross_compiler=CROSS_COMPILER,
+                                          addons=addons)
 
     def run_check(self, bundle: Bundle, inputs: dict[str, np.ndarray]):
         from .emulate.arm64_python import run_python, runtime_tree

@@ -38,9 +38,13 @@ class Target(abc.ABC):
     def tvm_target(self) -> dict | str:
         """The TVM target as a dict or a TVM tag name (0.27 rejects CLI-style target strings)."""
 
+    # The kernels_arm build linked into this target's libraries, or None when only TIR kernels are used.
+    c_kernel_arch: str | None = None
+
     @abc.abstractmethod
-    def build(self, model: onnx.ModelProto, out_dir: Path) -> Path:
-        """Compile `model` into a library inside out_dir; returns its path."""
+    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False) -> Path:
+        """Compile `model` into a library inside out_dir; returns its path. With `c_kernels`, packed formats
+        that have a kernels_arm C kernel call it (linked into the library) instead of their TIR kernel."""
 
     @abc.abstractmethod
     def run_check(self, bundle: Bundle, inputs: dict[str, np.ndarray]) -> tuple[list[np.ndarray], str]:

@@ -102,6 +102,23 @@ def build_runner(arch_name: str, *, sanitize: bool = False) -> tuple[Path, tuple
     return exe, arch.runner
 
 
+def link_objects(arch_name: str) -> list[Path]:
+    """Position-independent objects of the kernels for `arch_name`, to link into a TVM library (addons)."""
+    arch = ARCHES[arch_name]
+    home = _cache(_digest(arch, ("objects",)))
+    objects = []
+    for source, flags in arch.sources:
+        obj = home / (Path(source).stem + ".o")
+        if not obj.exists():
+            try:
+                subprocess.run([*arch.compiler, *COMMON, *flags, "-fPIC", "-c", str(ROOT / source), "-o", str(obj)],
+                               check=True, capture_output=True, text=True)
+            except subprocess.CalledProcessError as e:
+                raise RuntimeError(f"building the {arch_name} kernels failed: {e.stderr[-2000:]}") from e
+        objects.append(obj)
+    return objects
+
+
 class NativeKernels:
     """The x86_64 shared library through ctypes (pointers converted per call; fine for benchmarks of ms)."""
 

@@ -19,12 +19,15 @@ class HostTarget(Target):
     def tvm_target(self) -> dict:
         return {"kind": "llvm"}
 
-    def build(self, model: onnx.ModelProto, out_dir: Path) -> Path:
-        from . import tvm_backend
+    c_kernel_arch = this_machine() if this_machine() == "x86_64" else None
 
-        mod = tvm_backend.import_onnx(model)
+    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False) -> Path:
+        from . import ckernels, tvm_backend
+
+        mod = tvm_backend.import_onnx(model, c_kernels=c_kernels)
         executable = tvm_backend.compile_module(mod, self.tvm_target())
-        return tvm_backend.export_library(executable, Path(out_dir) / "model.so")
+        addons = ckernels.link_objects(self.c_kernel_arch) if c_kernels else None
+        return tvm_backend.export_library(executable, Path(out_dir) / "model.so", addons=addons)
 
     def run_check(self, bundle: Bundle, inputs):
         policy = TvmPolicy(bundle)

@@ -39,10 +39,19 @@ def _constant_array(expr, what: str) -> np.ndarray:
     return data.numpy()
 
 
+# Formats that can call a linked kernels_arm C kernel instead of their TIR kernel (set per import).
+C_KERNEL_FORMATS = ("binary", "nm")
+_use_c_kernels = False
+
+
 def _kernel_for(format_name: str, rows: int, attrs: dict, arrays: list[np.ndarray]):
     """(TIR kernel, extra constant inputs) computing Y[rows, N] = X @ W.T straight from the packed arrays."""
     n = formats.out_features_of(format_name, arrays)
     k = attrs["in_features"]
+    if _use_c_kernels and format_name == "binary":
+        return tvm_kernels.extern_binary_matmul(rows, n, k, attrs["group_size"]), []
+    if _use_c_kernels and format_name == "nm":
+        return tvm_kernels.extern_nm_matmul(rows, n, k, attrs["n"], attrs["m"], arrays[1].shape[1]), []
     if format_name == "binary":
         return tvm_kernels.binary_matmul_kernel(rows, n, k, attrs["group_size"]), []
     if format_name == "nm":
@@ -165,7 +174,8 @@ def check_supported(model: onnx.ModelProto) -> None:
 
 
 @contextlib.contextmanager
-def _custom_converters():
+def _custom_converters(c_kernels: bool = False):
+    global _use_c_kernels
     original = onnx_frontend._get_convert_map
 
     def patched():
@@ -174,14 +184,17 @@ def _custom_converters():
         return table
 
     onnx_frontend._get_convert_map = patched
+    _use_c_kernels = c_kernels
     try:
         yield
     finally:
         onnx_frontend._get_convert_map = original
+        _use_c_kernels = False
 
 
-def import_onnx(model: onnx.ModelProto) -> tvm.IRModule:
-    """ONNX (static shapes) -> Relax IRModule with edgevla ops lowered to TIR kernels."""
+def import_onnx(model: onnx.ModelProto, *, c_kernels: bool = False) -> tvm.IRModule:
+    """ONNX (static shapes) -> Relax IRModule with edgevla ops lowered to TIR kernels; with `c_kernels`, the
+    formats in C_KERNEL_FORMATS call the kernels_arm C kernels instead (link them with `addons`)."""
     from edgevla.exporters.inspect_onnx import check_domain_version
 
     check_domain_version(model)
@@ -191,7 +204,7 @@ def import_onnx(model: onnx.ModelProto) -> tvm.IRModule:
         if any(not d.HasField("dim_value") for d in dims):
             raise ValueError(f"input {value.name!r} has a symbolic dimension; TVM compiles static shapes: "
                              "export with dynamic_batch=False")
-    with _custom_converters():
+    with _custom_converters(c_kernels):
         return relax.frontend.onnx.from_onnx(model, keep_params_in_input=False)
 
 
@@ -223,12 +236,15 @@ def compile_module(mod: tvm.IRModule, target: dict | str):
         return tvm.compile(mod, target=tvm_target)
 
 
-def export_library(executable, path: Path, *, cross_compiler: str | None = None) -> Path:
+def export_library(executable, path: Path, *, cross_compiler: str | None = None,
+                   addons: list[Path] | None = None) -> Path:
+    """Write the shared library; `addons` are extra object files linked in (the kernels_arm C kernels)."""
     path = Path(path)
+    extra = {"addons": [str(a) for a in addons]} if addons else {}
     if cross_compiler:
-        executable.export_library(str(path), fcompile=tvm.support.cc.cross_compiler(cross_compiler))
+        executable.export_library(str(path), fcompile=tvm.support.cc.cross_compiler(cross_compiler), **extra)
     else:
-        executable.export_library(str(path))
+        executable.export_library(str(path), **extra)
     return path
 
 

@@ -306,3 +306,32 @@ def im2col_kernel(batch: int, channels: int, height: int, width: int, kh: int, k
                     T.float32(0))
 
     return im2col
+
+
+def extern_binary_matmul(rows: int, out_features: int, in_features: int, group_size: int):
+    """Y = X @ W.T for the binary format by a call into the linked kernels_arm C kernel (best SIMD variant
+    of the CPU, picked at run time); same signature as `binary_matmul_kernel`."""
+    m, n, k, g = rows, out_features, in_features, group_size
+    kp = formats.padded_length(k, g)
+
+    @T.prim_func(private=True)
+    def binary_matmul_c(X: T.Buffer((m, k), "float32"), B: T.Buffer((n, kp // 8), "uint8"),
+                        S: T.Buffer((n, kp // g), "float16"), Y: T.Buffer((m, n), "float32")):
+        T.func_attr({"tir.noalias": True})
+        T.evaluate(T.call_extern("int32", "evla_b1_gemm_f32_flat", X.data, m, B.data, S.data, n, k, g, Y.data))
+
+    return binary_matmul_c
+
+
+def extern_nm_matmul(rows: int, out_features: int, in_features: int, n: int, m: int, index_bytes: int):
+    """Y = X @ W.T for the nm format through the linked C kernel; same signature as `nm_matmul_kernel`."""
+    mm, nn, k = rows, out_features, in_features
+    fields = formats.padded_length(k, m) // m * n
+
+    @T.prim_func(private=True)
+    def nm_matmul_c(X: T.Buffer((mm, k), "float32"), V: T.Buffer((nn, fields), "float16"),
+                    I: T.Buffer((nn, index_bytes), "uint8"), Y: T.Buffer((mm, nn), "float32")):
+        T.func_attr({"tir.noalias": True})
+        T.evaluate(T.call_extern("int32", "evla_nm_gemm_f32_flat", X.data, mm, V.data, I.data, nn, k, n, m, Y.data))
+
+    return nm_matmul_c

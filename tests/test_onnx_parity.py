@@ -72,16 +72,35 @@ def test_format_parity(tmp_path, case, n, k, dynamic):
         np.testing.assert_allclose(model(torch.from_numpy(x)).numpy(), ref, **TOLERANCE)
 
 
-def run_tvm_host(path, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """Compile an ONNX file with the TVM host target (edgevla's packed kernels) and run it once."""
+def run_tvm_host(path, inputs: dict[str, np.ndarray], *, c_kernels: bool = False) -> np.ndarray:
+    """Compile an ONNX file with the TVM host target (edgevla's packed kernels) and run it once; with
+    `c_kernels`, the formats that have a kernels_arm C kernel call it (linked into the exported library)."""
     import tvm
     from tvm.runtime import vm as tvm_vm
 
-    from edgevla.targets import tvm_backend
+    from edgevla.targets import ckernels, tvm_backend
 
-    executable = tvm_backend.compile_module(tvm_backend.import_onnx(onnx.load(str(path))), {"kind": "llvm"})
-    machine = tvm_vm.VirtualMachine(executable, tvm.runtime.cpu(0))
+    executable = tvm_backend.compile_module(tvm_backend.import_onnx(onnx.load(str(path)), c_kernels=c_kernels),
+                                            {"kind": "llvm"})
+    library = path.with_suffix(".so")
+    tvm_backend.export_library(executable, library, addons=ckernels.link_objects("x86_64") if c_kernels else None)
+    machine = tvm_vm.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.runtime.cpu(0))
     return machine["main"](*[tvm.runtime.tensor(v) for v in inputs.values()]).numpy()
+
+
+@pytest.mark.parametrize("case", ["binary", "nm", "nm_1_4", "nm_4_8"])
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_tvm_host_with_linked_c_kernels(tmp_path, case, n, k):
+    """The same layers through TVM calling the kernels_arm C kernels (call_extern), against torch eager."""
+    model, packed = one_layer(case, n, k)
+    x = torch.randn(3, k)
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export(model, (x,), path, input_names=["x"], output_names=["y"])
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(run_tvm_host(path, {"x": x.numpy()}, c_kernels=True), expected, **TOLERANCE)
 
 
 @pytest.mark.parametrize("case", sorted(PACKERS))

@@ -12,11 +12,28 @@ TARGETS = ["host", "arm64", "jetson-orin"]
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("model", ["reach-1bit", "reach-2:4", "plain-cnn"])
 def test_compile_and_verify(target, model, reach_onnx, reach_nm_onnx, plain_cnn_onnx, tmp_path):
+    """Default kernels: the linked C kernels on host and arm64, TIR (GPU) kernels on jetson-orin."""
     onnx_path = {"reach-1bit": reach_onnx["binary"], "reach-2:4": reach_nm_onnx, "plain-cnn": plain_cnn_onnx}[model]
     bundle = compile_bundle(onnx_path, target, tmp_path / "bundle")
+    assert bundle.manifest["kernels"] == ("tir" if target == "jetson-orin" else "c")
     report = verify_bundle(bundle.path)
     print(report.line())
     assert report.passed, report.line()
+
+
+@pytest.mark.parametrize("target", ["host", "arm64"])
+@pytest.mark.parametrize("model", ["reach-1bit", "reach-2:4"])
+def test_compile_and_verify_with_tir_kernels_only(target, model, reach_onnx, reach_nm_onnx, tmp_path):
+    onnx_path = {"reach-1bit": reach_onnx["binary"], "reach-2:4": reach_nm_onnx}[model]
+    bundle = compile_bundle(onnx_path, target, tmp_path / "bundle", kernels="tir")
+    assert bundle.manifest["kernels"] == "tir"
+    report = verify_bundle(bundle.path)
+    assert report.passed, report.line()
+
+
+def test_c_kernels_need_a_target_that_has_them(reach_onnx, tmp_path):
+    with pytest.raises(ValueError, match="jetson-orin has no kernels_arm build"):
+        compile_bundle(reach_onnx["binary"], "jetson-orin", tmp_path / "b", kernels="c")
 
 
 def test_ci_example_workflow_uses_real_commands_and_targets():

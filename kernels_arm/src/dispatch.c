@@ -134,3 +134,31 @@ int evla_nm_gemm_f32(const float *x, int32_t rows, const evla_nm_matrix *w, floa
     evla_nm_gemm_f32_ref(x, rows, w, y);
     return EVLA_OK;
 }
+
+int evla_b1_gemm_f32_flat(const float *x, int32_t rows, const uint8_t *bits, const uint16_t *scales, int32_t n,
+                          int32_t k, int32_t group, float *y) {
+    if (group < 8 || group % 8 || k < 1 || n < 1 || rows < 1) return EVLA_ERR_SHAPE;
+    const evla_b1_matrix w = {bits, scales, n, k, group};
+    for (int32_t r0 = 0; r0 < rows; r0 += EVLA_MAX_ROWS) {
+        const int32_t chunk = rows - r0 < EVLA_MAX_ROWS ? rows - r0 : EVLA_MAX_ROWS;
+        const evla_lengths len = {(size_t)chunk * k, (size_t)n * evla_b1_row_bytes(k, group),
+                                  (size_t)n * evla_b1_row_groups(k, group), (size_t)chunk * n};
+        int status = evla_b1_gemm_f32(x + (size_t)r0 * k, chunk, &w, y + (size_t)r0 * n, &len);
+        if (status) return status;
+    }
+    return EVLA_OK;
+}
+
+int evla_nm_gemm_f32_flat(const float *x, int32_t rows, const uint16_t *values, const uint8_t *indices, int32_t n,
+                          int32_t k, int32_t keep, int32_t m, float *y) {
+    if (keep < 1 || m < keep || m > 256 || k < 1 || n < 1 || rows < 1) return EVLA_ERR_SHAPE;
+    const evla_nm_matrix w = {values, indices, n, k, keep, m};
+    for (int32_t r0 = 0; r0 < rows; r0 += EVLA_MAX_ROWS) {
+        const int32_t chunk = rows - r0 < EVLA_MAX_ROWS ? rows - r0 : EVLA_MAX_ROWS;
+        const evla_lengths len = {(size_t)chunk * k, (size_t)n * evla_nm_row_values(k, keep, m),
+                                  (size_t)n * evla_nm_row_index_bytes(k, keep, m), (size_t)chunk * n};
+        int status = evla_nm_gemm_f32(x + (size_t)r0 * k, chunk, &w, y + (size_t)r0 * n, &len);
+        if (status) return status;
+    }
+    return EVLA_OK;
+}

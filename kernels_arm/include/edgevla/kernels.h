@@ -40,6 +40,13 @@ int evla_b1_gemm_f32(const float *x, int32_t rows, const evla_b1_matrix *w, floa
 int evla_b1_gemm_i8(const float *x, int32_t rows, const evla_b1_matrix *w, float *y, const evla_lengths *len);
 int evla_nm_gemm_f32(const float *x, int32_t rows, const evla_nm_matrix *w, float *y, const evla_lengths *len);
 
+/* Flat forms for generated code (TVM call_extern): any number of rows (done 16 at a time), lengths derived
+   from the shape, so they cannot disagree with it. Return EVLA_OK or the first error. */
+int evla_b1_gemm_f32_flat(const float *x, int32_t rows, const uint8_t *bits, const uint16_t *scales, int32_t n,
+                          int32_t k, int32_t group, float *y);
+int evla_nm_gemm_f32_flat(const float *x, int32_t rows, const uint16_t *values, const uint8_t *indices, int32_t n,
+                          int32_t k, int32_t keep, int32_t m, float *y);
+
 /* Which implementation the entry points above use on this CPU ("ref", "avx2", "avx512", "neon", "simd128"). */
 const char *evla_kernel_variant(void);
 /* 0: the best variant this CPU has; 1: the portable reference; 2: at most AVX2 (x86). For tests, benchmarks. */
