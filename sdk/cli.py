@@ -245,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=100, help="held-out episodes per method (default 100)")
     p.add_argument("--calibration", type=int, default=512, help="calibration samples (default 512)")
     p.add_argument("--variant", choices=["reference", "large"], default="reference",
-                   help="reference policy (1.3 M parameters) or the large variant (10.6 M; trained and cached "
-                        "on first use, about 30 minutes on 2 cores)")
+                   help="reference policy (1.3 M parameters) or the large variant (10.8 M; trained and cached "
+                        "on first use, ~50 minutes on 2 cores; with the reference training recipe it reaches only "
+                        "8%% fp32 closed-loop success, so its rows do not yet compare methods)")
     p.add_argument("--json", help="also write the rows as JSON to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_bench)
