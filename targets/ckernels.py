@@ -40,7 +40,8 @@ ARCHES = {
     "x86_64": Arch("x86_64", ("gcc",),
                    (("src/ref/kernels_ref.c", ("-DEVLA_WITH_AVX2",)),
                     ("src/x86/kernels_avx2.c", ("-mavx2", "-mfma", "-mf16c", "-DEVLA_WITH_AVX2")),
-                    ("src/x86/kernels_avx512.c", ("-mavx512f", "-mavx512bw", "-mavx512vnni", "-mfma",
+                    ("src/x86/kernels_avx512.c", ("-mavx512f", "-mavx512bw", "-mavx512vnni", "-mavx512dq",
+                                                  "-mavx512vpopcntdq", "-mavx512vl", "-mfma",
                                                   "-DEVLA_WITH_AVX2")),
                     ("src/dispatch.c", ("-DEVLA_WITH_AVX2",))), ("-lm",), ()),
     "aarch64": Arch("aarch64", ("aarch64-linux-gnu-gcc",),
@@ -135,6 +136,9 @@ class NativeKernels:
             function.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.POINTER(matrix), ctypes.c_void_p,
                                  ctypes.POINTER(_Lengths)]
             function.restype = ctypes.c_int
+        self.lib.evla_bxb_gemm.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
+                                           ctypes.POINTER(_B1Matrix), ctypes.c_void_p, ctypes.POINTER(_Lengths)]
+        self.lib.evla_bxb_gemm.restype = ctypes.c_int
 
     @property
     def variant(self) -> str:
@@ -144,13 +148,22 @@ class NativeKernels:
         """0: best variant; 1: portable reference; 2: at most AVX2."""
         self.lib.evla_force_reference(int(level))
 
-    def call(self, kernel: str, x: np.ndarray, packed: formats.PackedWeight, y: np.ndarray | None = None) -> np.ndarray:
+    def call(self, kernel: str, x: np.ndarray, packed: formats.PackedWeight, y: np.ndarray | None = None, *,
+             x_binary: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """kernel: b1f32 | b1i8 | nm | bxb (pass `x_binary` = binarize_activations(x, group) for bxb)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         rows, k = x.shape
         n = packed.out_features
         y = np.empty((rows, n), np.float32) if y is None else y
         ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
-        if kernel == "nm":
+        if kernel == "bxb":  # x: (signs uint8 [rows, Kp/8], scales float32 [rows]) from binarize_activations
+            signs, scales = x_binary
+            a, b = packed.arrays["bits"], packed.arrays["scales"]
+            matrix = _B1Matrix(ptr(a), ptr(b), n, k, packed.attrs["group_size"])
+            lengths = _Lengths(signs.size, a.size, b.size, y.size)
+            status = self.lib.evla_bxb_gemm(ptr(signs), ptr(scales), rows, ctypes.byref(matrix), ptr(y),
+                                            ctypes.byref(lengths))
+        elif kernel == "nm":
             a, b = packed.arrays["values"], packed.arrays["indices"]
             matrix = _NmMatrix(ptr(a), ptr(b), n, k, packed.attrs["n"], packed.attrs["m"])
             lengths = _Lengths(x.size, a.size, b.size, y.size)
@@ -181,6 +194,23 @@ class _Lengths(ctypes.Structure):
                 ("y", ctypes.c_size_t)]
 
 
+def binarize_activations(x: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Activation signs in the binary weight layout ([rows, Kp/8], bit 1 = x >= 0, padding 0) and per-row
+    scales mean|x|: the input of evla_bxb_gemm."""
+    rows, k = x.shape
+    kp = formats.padded_length(k, group_size)
+    signs = np.zeros((rows, kp), bool)
+    signs[:, :k] = x >= 0
+    return np.packbits(signs, axis=1, bitorder="little"), np.abs(x).mean(axis=1).astype(np.float32)
+
+
+def bxb_reference(x: np.ndarray, packed: formats.PackedWeight) -> np.ndarray:
+    """What evla_bxb_gemm computes, in numpy: mean|x| * (sign(x) @ W.T), sign(0) = +1."""
+    sign = np.where(x >= 0, 1.0, -1.0)
+    return (np.abs(x).mean(axis=1, keepdims=True) * (sign @ formats.unpack(packed).astype(np.float64).T)).astype(
+        np.float32)
+
+
 def run_case(where: str, kernel: str, x: np.ndarray, packed: formats.PackedWeight, workdir: Path, *,
              reference: bool | int = False, sanitize: bool = False) -> tuple[np.ndarray, str]:
     """Run one kernel case through the file-driven runner `where` (see RUNNERS); (y, variant)."""
@@ -190,7 +220,11 @@ def run_case(where: str, kernel: str, x: np.ndarray, packed: formats.PackedWeigh
     names = ("values", "indices") if kernel == "nm" else ("bits", "scales")
     p1, p2 = (packed.attrs["n"], packed.attrs["m"]) if kernel == "nm" else (packed.attrs["group_size"], 0)
     files = ["x.bin", "a.bin", "b.bin", "y.bin"]
-    np.ascontiguousarray(x, np.float32).tofile(workdir / files[0])
+    if kernel == "bxb":
+        signs, scales = binarize_activations(x, packed.attrs["group_size"])
+        (workdir / files[0]).write_bytes(scales.tobytes() + np.ascontiguousarray(signs).tobytes())
+    else:
+        np.ascontiguousarray(x, np.float32).tofile(workdir / files[0])
     for f, name in zip(files[1:3], names):
         np.ascontiguousarray(packed.arrays[name]).tofile(workdir / f)
     (workdir / files[3]).unlink(missing_ok=True)

@@ -5,6 +5,8 @@
 void evla_b1_gemm_f32_avx512(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_b1_gemm_i8_avx512(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_nm_m4_gemm_f32_avx512(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
+void evla_bxb_gemm_avx512(const uint8_t *xbits, const float *x_scales, int32_t rows, const evla_b1_matrix *w,
+                          float *y);
 void evla_b1_gemm_f32_avx2(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_b1_gemm_i8_avx2(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_nm24_gemm_f32_avx2(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
@@ -49,6 +51,18 @@ static int use_avx2(void) {
     return 0;
 #endif
 }
+
+#if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
+static int use_avx512_popcount(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vpopcntdq") &&
+                 __builtin_cpu_supports("avx512vl");
+    }
+    return cached && use_avx512();
+}
+#endif
 
 static int use_neon(void) {
 #if defined(__aarch64__) || defined(__ARM_NEON)
@@ -160,5 +174,24 @@ int evla_nm_gemm_f32_flat(const float *x, int32_t rows, const uint16_t *values, 
         int status = evla_nm_gemm_f32(x + (size_t)r0 * k, chunk, &w, y + (size_t)r0 * n, &len);
         if (status) return status;
     }
+    return EVLA_OK;
+}
+
+int evla_bxb_gemm(const uint8_t *xbits, const float *x_scales, int32_t rows, const evla_b1_matrix *w, float *y,
+                  const evla_lengths *len) {
+    if (!xbits || !x_scales || !w || !y || !len || !w->bits || !w->scales) return EVLA_ERR_NULL;
+    if (rows < 1 || rows > EVLA_MAX_ROWS) return EVLA_ERR_ROWS;
+    if (w->in_features < 1 || w->out_features < 1 || w->group_size < 8 || w->group_size % 8) return EVLA_ERR_SHAPE;
+    const size_t n = (size_t)w->out_features, row_bytes = (size_t)evla_b1_row_bytes(w->in_features, w->group_size);
+    if (len->x != (size_t)rows * row_bytes || len->y != (size_t)rows * n || len->packed_a != n * row_bytes ||
+        len->packed_b != n * (size_t)evla_b1_row_groups(w->in_features, w->group_size))
+        return EVLA_ERR_LENGTH;
+#if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
+    if (use_avx512_popcount() && w->group_size == 64) {
+        evla_bxb_gemm_avx512(xbits, x_scales, rows, w, y);
+        return EVLA_OK;
+    }
+#endif
+    evla_bxb_gemm_ref(xbits, x_scales, rows, w, y);
     return EVLA_OK;
 }

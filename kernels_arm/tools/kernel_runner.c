@@ -2,7 +2,8 @@
  *
  *   kernel_runner KERNEL ROWS K N P1 P2 REF X_FILE A_FILE B_FILE Y_FILE
  *
- * KERNEL: b1f32 | b1i8 (P1 = group size) | nm (P1 = n, P2 = m). REF 1 forces the portable reference.
+ * KERNEL: b1f32 | b1i8 | bxb (P1 = group size) | nm (P1 = n, P2 = m). REF: 0 best variant, 1 portable
+ * reference, 2 at most AVX2. For bxb, X_FILE holds ROWS float32 activation scales, then the activation bits.
  * A_FILE/B_FILE hold the packed arrays (binary: bits, scales; nm: values, indices) exactly as
  * edgevla.runtime.formats lays them out. Prints "variant status" and writes Y (float32) on success.
  */
@@ -43,6 +44,11 @@ int main(int argc, char **argv) {
         evla_nm_matrix w = {a, b, n, k, p1, p2};
         evla_lengths len = {xs / 4, as / 2, bs, ys};
         status = evla_nm_gemm_f32(x, rows, &w, y, &len);
+    } else if (!strcmp(kernel, "bxb")) {
+        evla_b1_matrix w = {a, b, n, k, p1};
+        const uint8_t *xbits = (const uint8_t *)x + (size_t)rows * sizeof(float);
+        evla_lengths len = {xs - (size_t)rows * sizeof(float), as, bs / 2, ys};
+        status = evla_bxb_gemm(xbits, x, rows, &w, y, &len);
     } else {
         evla_b1_matrix w = {b == NULL ? NULL : a, b, n, k, p1};
         evla_lengths len = {xs / 4, as, bs / 2, ys};

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-GOALS = {"b1 fp32": 5.0, "b1 int8": 12.0, "nm 2:4": 1.6, "nm 1:4": 2.8}
+GOALS = {"b1 fp32": 5.0, "b1 int8": 12.0, "b1 x b1": 60.0, "nm 2:4": 1.6, "nm 1:4": 2.8}
 
 
 def _ort_sessions(weight: np.ndarray, tmp: Path):
@@ -53,7 +53,7 @@ def copy_bandwidth_gbs() -> float:
 def run_kernel_bench(*, shapes=((4096, 4096), (1024, 4096)), batches=(1, 8), repeats: int = 30,
                      json_path: Path | None = None) -> list[dict]:
     from edgevla.runtime import formats
-    from edgevla.targets.ckernels import NativeKernels
+    from edgevla.targets.ckernels import NativeKernels, binarize_activations
 
     native = NativeKernels()
     bandwidth = copy_bandwidth_gbs()
@@ -66,12 +66,15 @@ def run_kernel_bench(*, shapes=((4096, 4096), (1024, 4096)), batches=(1, 8), rep
             sessions = _ort_sessions(weight, Path(tmp))
             for batch in batches:
                 x = np.random.default_rng(batch).normal(size=(batch, k)).astype(np.float32)
-                y = {key: np.empty((batch, n), np.float32) for key in ("b1f32", "b1i8", "nm24", "nm14")}
+                y = {key: np.empty((batch, n), np.float32) for key in ("b1f32", "b1i8", "bxb", "nm24", "nm14")}
+                x_binary = binarize_activations(x, 64)
                 runs = {
                     "onnxruntime fp32": (lambda: sessions["fp32"].run(None, {"x": x}), weight.nbytes),
                     "onnxruntime int8": (lambda: sessions["int8"].run(None, {"x": x}), weight.size),
                     "b1 fp32": (lambda: native.call("b1f32", x, packed["b1"], y["b1f32"]), packed["b1"].nbytes),
                     "b1 int8": (lambda: native.call("b1i8", x, packed["b1"], y["b1i8"]), packed["b1"].nbytes),
+                    "b1 x b1": (lambda: native.call("bxb", x, packed["b1"], y["bxb"], x_binary=x_binary),
+                                packed["b1"].nbytes),
                     "nm 2:4": (lambda: native.call("nm", x, packed["nm 2:4"], y["nm24"]), packed["nm 2:4"].nbytes),
                     "nm 1:4": (lambda: native.call("nm", x, packed["nm 1:4"], y["nm14"]), packed["nm 1:4"].nbytes),
                 }

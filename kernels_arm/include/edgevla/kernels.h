@@ -11,6 +11,7 @@
  *   evla_b1_gemm_f32   fp32 activations x 1-bit weights (sign x float16 group scale)
  *   evla_b1_gemm_i8    int8 activations (each row quantized on the fly: absmax / 127) x 1-bit weights
  *   evla_nm_gemm_f32   fp32 activations x N:M sparse weights (float16 values + packed indices)
+ *   evla_bxb_gemm      binary activations (sign bits + one scale per row) x 1-bit weights: xor/popcount
  */
 #ifndef EDGEVLA_KERNELS_H
 #define EDGEVLA_KERNELS_H
@@ -39,6 +40,14 @@ typedef struct {
 int evla_b1_gemm_f32(const float *x, int32_t rows, const evla_b1_matrix *w, float *y, const evla_lengths *len);
 int evla_b1_gemm_i8(const float *x, int32_t rows, const evla_b1_matrix *w, float *y, const evla_lengths *len);
 int evla_nm_gemm_f32(const float *x, int32_t rows, const evla_nm_matrix *w, float *y, const evla_lengths *len);
+
+/* Binary activations x binary weights. xbits [rows, Kp/8] are activation signs in the weights' bit layout
+   (bit 1 = +1, LSB first, padding bits 0); x_scales [rows] multiply each output row (e.g. mean |x|).
+   y[r, j] = x_scales[r] * sum_g scale[j, g] * (valid_g - 2 * popcount(x_g XOR w_g)), valid_g = real weights
+   in group g. Lengths: x = rows * Kp/8 (bytes of xbits), packed_a/packed_b as for binary, y = rows * N. */
+int evla_bxb_gemm(const uint8_t *xbits, const float *x_scales, int32_t rows, const evla_b1_matrix *w, float *y,
+                  const evla_lengths *len);
+void evla_bxb_gemm_ref(const uint8_t *xbits, const float *x_scales, int32_t rows, const evla_b1_matrix *w, float *y);
 
 /* Flat forms for generated code (TVM call_extern): any number of rows (done 16 at a time), lengths derived
    from the shape, so they cannot disagree with it. Return EVLA_OK or the first error. */

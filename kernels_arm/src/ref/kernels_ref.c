@@ -78,3 +78,28 @@ void evla_nm_gemm_f32_ref(const float *x, int32_t rows, const evla_nm_matrix *w,
         }
     }
 }
+
+static inline int32_t popcount8(uint8_t v) {
+    int32_t c = 0;
+    while (v) { c += v & 1; v >>= 1; }
+    return c;
+}
+
+void evla_bxb_gemm_ref(const uint8_t *xbits, const float *x_scales, int32_t rows, const evla_b1_matrix *w, float *y) {
+    const int32_t k = w->in_features, g = w->group_size;
+    const int32_t row_bytes = evla_b1_row_bytes(k, g), groups = evla_b1_row_groups(k, g);
+    for (int32_t r = 0; r < rows; r++) {
+        const uint8_t *xr = xbits + (size_t)r * row_bytes;
+        for (int32_t j = 0; j < w->out_features; j++) {
+            const uint8_t *bits = w->bits + (size_t)j * row_bytes;
+            float acc = 0.0f;
+            for (int32_t gi = 0; gi < groups; gi++) {
+                int32_t differ = 0;
+                for (int32_t b = gi * g / 8; b < (gi + 1) * g / 8; b++) differ += popcount8((uint8_t)(xr[b] ^ bits[b]));
+                int32_t valid = (gi + 1) * g <= k ? g : k - gi * g;
+                acc += evla_f16_to_f32(w->scales[(size_t)j * groups + gi]) * (float)(valid - 2 * differ);
+            }
+            y[(size_t)r * w->out_features + j] = x_scales[r] * acc;
+        }
+    }
+}

@@ -195,3 +195,43 @@ void evla_nm_m4_gemm_f32_avx512(const float *x, int32_t rows, const evla_nm_matr
         }
     }
 }
+
+/* Binary x binary with group size 64: one XOR + VPOPCNTQ per 8 groups (512 weights); the counts are turned
+   into floats and multiplied by the eight group scales; sum_g scale_g * valid_g is one dot per row. */
+void evla_bxb_gemm_avx512(const uint8_t *xbits, const float *x_scales, int32_t rows, const evla_b1_matrix *w,
+                          float *y) {
+    const int32_t k = w->in_features, n = w->out_features;
+    const int32_t row_bytes = evla_b1_row_bytes(k, 64), groups = evla_b1_row_groups(k, 64);
+    float *valid = malloc(sizeof(float) * (size_t)groups);
+    float *sc = malloc(sizeof(float) * (size_t)groups + 64);
+    for (int32_t gi = 0; gi < groups; gi++) valid[gi] = (float)((gi + 1) * 64 <= k ? 64 : k - gi * 64);
+    const int32_t main_groups = groups / 8 * 8;
+    for (int32_t j = 0; j < n; j++) {
+        const uint8_t *bits = w->bits + (size_t)j * row_bytes;
+        scales_to_f32(w->scales + (size_t)j * groups, groups, sc);
+        const float base = dot_f32(sc, valid, groups);
+        for (int32_t r = 0; r < rows; r++) {
+            const uint8_t *xr = xbits + (size_t)r * row_bytes;
+            __m256 acc = _mm256_setzero_ps();
+            int32_t gi = 0;
+            for (; gi < main_groups; gi += 8) {
+                const __m512i differ = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(xr + 8 * gi),
+                                                                            _mm512_loadu_si512(bits + 8 * gi)));
+                acc = _mm256_fmadd_ps(_mm512_cvtepi64_ps(differ), _mm256_loadu_ps(sc + gi), acc);
+            }
+            __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+            float counted = _mm_cvtss_f32(h);
+            for (; gi < groups; gi++) {
+                uint64_t a, b;
+                memcpy(&a, xr + 8 * gi, 8);
+                memcpy(&b, bits + 8 * gi, 8);
+                counted += sc[gi] * (float)__builtin_popcountll(a ^ b);
+            }
+            y[(size_t)r * n + j] = x_scales[r] * (base - 2.0f * counted);
+        }
+    }
+    free(sc);
+    free(valid);
+}
