@@ -16,6 +16,9 @@ void evla_nm14_gemm_f32_avx2(const float *x, int32_t rows, const evla_nm_matrix 
 void evla_b1_gemm_f32_neon(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_b1_gemm_i8_neon(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 #endif
+#if defined(__aarch64__)
+void evla_nm_m4_gemm_f32_neon(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
+#endif
 
 #if defined(__wasm_simd128__)
 void evla_b1_gemm_f32_simd128(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
@@ -144,6 +147,9 @@ int evla_nm_gemm_f32(const float *x, int32_t rows, const evla_nm_matrix *w, floa
     if (use_avx512() && w->m == 4 && w->n <= 2) { evla_nm_m4_gemm_f32_avx512(x, rows, w, y); return EVLA_OK; }
     if (use_avx2() && w->n == 2 && w->m == 4) { evla_nm24_gemm_f32_avx2(x, rows, w, y); return EVLA_OK; }
     if (use_avx2() && w->n == 1 && w->m == 4) { evla_nm14_gemm_f32_avx2(x, rows, w, y); return EVLA_OK; }
+#endif
+#if defined(__aarch64__)
+    if (use_neon() && w->m == 4 && w->n <= 2) { evla_nm_m4_gemm_f32_neon(x, rows, w, y); return EVLA_OK; }
 #endif
     evla_nm_gemm_f32_ref(x, rows, w, y);
     return EVLA_OK;

@@ -119,3 +119,67 @@ void evla_b1_gemm_i8_neon(const float *x, int32_t rows, const evla_b1_matrix *w,
     free(rs);
     free(q);
 }
+
+#if defined(__aarch64__)
+/* N:M with m = 4 on aarch64: each index byte (four 2-bit fields) selects the kept activations with one
+   table lookup over the loaded activation bytes (vqtbl2q for 2:4: 2 groups = 8 floats; vqtbl4q for 1:4:
+   4 groups = 16 floats); float16 values are widened with vcvt_f32_f16. Batch rows reuse the selection. */
+static uint8_t nm24_bytes[256][16], nm14_bytes[256][16];
+
+static void init_nm_tables(void) {
+    static int done = 0;
+    if (done) return;
+    for (int byte = 0; byte < 256; byte++)
+        for (int lane = 0; lane < 4; lane++) {
+            int idx = (byte >> (2 * lane)) & 3;
+            int src24 = (lane / 2) * 4 + idx, src14 = lane * 4 + idx;
+            for (int b = 0; b < 4; b++) {
+                nm24_bytes[byte][4 * lane + b] = (uint8_t)(4 * src24 + b);
+                nm14_bytes[byte][4 * lane + b] = (uint8_t)(4 * src14 + b);
+            }
+        }
+    done = 1;
+}
+
+void evla_nm_m4_gemm_f32_neon(const float *x, int32_t rows, const evla_nm_matrix *w, float *y) {
+    init_nm_tables();
+    const int32_t k = w->in_features, n = w->out_features, keep = w->n;
+    const int32_t fields = evla_nm_row_values(k, keep, 4), index_bytes = evla_nm_row_index_bytes(k, keep, 4);
+    const int32_t groups_per_byte = 4 / keep;                   /* 2 (2:4) or 4 (1:4) groups per index byte */
+    const int32_t main_fields = (k / 4) / groups_per_byte * 4;  /* whole index bytes inside K */
+    for (int32_t j = 0; j < n; j++) {
+        const uint16_t *values = w->values + (size_t)j * fields;
+        const uint8_t *indices = w->indices + (size_t)j * index_bytes;
+        float32x4_t acc[EVLA_MAX_ROWS];
+        for (int32_t r = 0; r < rows; r++) acc[r] = vdupq_n_f32(0.0f);
+        for (int32_t f = 0; f < main_fields; f += 4) {
+            const uint8_t byte = indices[f / 4];
+            const float32x4_t v = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(values + f)));
+            const int32_t column = (f / keep) * 4;
+            if (keep == 2) {
+                const uint8x16_t select = vld1q_u8(nm24_bytes[byte]);
+                for (int32_t r = 0; r < rows; r++) {
+                    const uint8_t *xr = (const uint8_t *)(x + (size_t)r * k + column);
+                    uint8x16x2_t table = {{vld1q_u8(xr), vld1q_u8(xr + 16)}};
+                    acc[r] = vfmaq_f32(acc[r], v, vreinterpretq_f32_u8(vqtbl2q_u8(table, select)));
+                }
+            } else {
+                const uint8x16_t select = vld1q_u8(nm14_bytes[byte]);
+                for (int32_t r = 0; r < rows; r++) {
+                    const uint8_t *xr = (const uint8_t *)(x + (size_t)r * k + column);
+                    uint8x16x4_t table = {{vld1q_u8(xr), vld1q_u8(xr + 16), vld1q_u8(xr + 32), vld1q_u8(xr + 48)}};
+                    acc[r] = vfmaq_f32(acc[r], v, vreinterpretq_f32_u8(vqtbl4q_u8(table, select)));
+                }
+            }
+        }
+        for (int32_t r = 0; r < rows; r++) {
+            float s = vaddvq_f32(acc[r]);
+            for (int32_t f = main_fields; f < fields; f++) {
+                int32_t col = (f / keep) * 4 + evla_nm_index(indices, f, 2);
+                if (col < k) s += evla_f16_to_f32(values[f]) * x[(size_t)r * k + col];
+            }
+            y[(size_t)r * n + j] = s;
+        }
+    }
+}
+#endif
