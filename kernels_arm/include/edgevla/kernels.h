@@ -66,7 +66,17 @@ void evla_b1_gemm_f32_ref(const float *x, int32_t rows, const evla_b1_matrix *w,
 void evla_b1_gemm_i8_ref(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_nm_gemm_f32_ref(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
 
-/* Row quantization shared by every int8 variant: q = round(x / s), s = max|x| / 127 (s = 1 for a zero row). */
+/* Helpers shared by every variant (defined in src/ref/kernels_ref.c). */
+/* Row quantization of every int8 variant: q = round(x / s), s = max|x| / 127 (s = 1 for a zero row). */
 float evla_quantize_row_i8(const float *x, int32_t k, int32_t kp, int8_t *q);
+/* All rows at once: q [rows, Kp] (padding 0), row_scales [rows], group_sums [rows, Kp/g] of the quantized
+   values (small integers, exact as float). */
+void evla_quantize_rows_i8(const float *x, int32_t rows, int32_t k, int32_t g, int8_t *q, float *row_scales,
+                           float *group_sums);
+/* Sum of every group of g real activations (index < k) of every row: out [rows, ceil(k/g)]. */
+void evla_group_sums_f32(const float *x, int32_t rows, int32_t k, int32_t g, float *out);
+/* Sum over fields [f_begin, f_end) of one N:M row of value * x[column]; padding columns (>= k) are skipped. */
+float evla_nm_dot_fields(const uint16_t *values, const uint8_t *indices, int32_t n, int32_t m, int32_t k,
+                         const float *xr, int32_t f_begin, int32_t f_end);
 
 #endif

@@ -43,12 +43,7 @@ void evla_b1_gemm_f32_neon(const float *x, int32_t rows, const evla_b1_matrix *w
     const int32_t row_bytes = evla_b1_row_bytes(k, g), groups = evla_b1_row_groups(k, g);
     const int32_t full_bytes = k / 8, bytes_per_group = g / 8;
     float *gsum = malloc(sizeof(float) * (size_t)rows * groups);
-    for (int32_t r = 0; r < rows; r++)
-        for (int32_t gi = 0; gi < groups; gi++) {
-            float s = 0.0f;
-            for (int32_t i = gi * g; i < (gi + 1) * g && i < k; i++) s += x[(size_t)r * k + i];
-            gsum[(size_t)r * groups + gi] = s;
-        }
+    evla_group_sums_f32(x, rows, k, g, gsum);
     for (int32_t j = 0; j < n; j++) {
         const uint8_t *bits = w->bits + (size_t)j * row_bytes;
         const uint16_t *scales = w->scales + (size_t)j * groups;
@@ -84,15 +79,8 @@ void evla_b1_gemm_i8_neon(const float *x, int32_t rows, const evla_b1_matrix *w,
     const int32_t row_bytes = kp / 8, groups = kp / g;
     int8_t *q = malloc((size_t)rows * kp);
     float *rs = malloc(sizeof(float) * rows);
-    int32_t *gsum = malloc(sizeof(int32_t) * (size_t)rows * groups);
-    for (int32_t r = 0; r < rows; r++) {
-        rs[r] = evla_quantize_row_i8(x + (size_t)r * k, k, kp, q + (size_t)r * kp);
-        for (int32_t gi = 0; gi < groups; gi++) {
-            int32_t s = 0;
-            for (int32_t i = gi * g; i < (gi + 1) * g; i++) s += q[(size_t)r * kp + i];
-            gsum[(size_t)r * groups + gi] = s;
-        }
-    }
+    float *gsum = malloc(sizeof(float) * (size_t)rows * groups);
+    evla_quantize_rows_i8(x, rows, k, g, q, rs, gsum);
     static const uint8_t select_bytes[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
     const uint8x16_t select = vld1q_u8(select_bytes);
     for (int32_t j = 0; j < n; j++) {
@@ -110,7 +98,7 @@ void evla_b1_gemm_i8_neon(const float *x, int32_t rows, const evla_b1_matrix *w,
                     a = vpadalq_s16(a, vpaddlq_s8(masked));
                 }
                 const float scale = evla_f16_to_f32(scales[gi]);
-                acc += scale * (float)(2 * EVLA_HADD_S32(a) - gsum[(size_t)r * groups + gi]);
+                acc += scale * ((float)(2 * EVLA_HADD_S32(a)) - gsum[(size_t)r * groups + gi]);
             }
             y[(size_t)r * n + j] = rs[r] * acc;
         }
@@ -174,10 +162,7 @@ void evla_nm_m4_gemm_f32_neon(const float *x, int32_t rows, const evla_nm_matrix
         }
         for (int32_t r = 0; r < rows; r++) {
             float s = vaddvq_f32(acc[r]);
-            for (int32_t f = main_fields; f < fields; f++) {
-                int32_t col = (f / keep) * 4 + evla_nm_index(indices, f, 2);
-                if (col < k) s += evla_f16_to_f32(values[f]) * x[(size_t)r * k + col];
-            }
+            s += evla_nm_dot_fields(values, indices, keep, 4, k, x + (size_t)r * k, main_fields, fields);
             y[(size_t)r * n + j] = s;
         }
     }

@@ -19,6 +19,41 @@ float evla_quantize_row_i8(const float *x, int32_t k, int32_t kp, int8_t *q) {
     return s;
 }
 
+void evla_quantize_rows_i8(const float *x, int32_t rows, int32_t k, int32_t g, int8_t *q, float *row_scales,
+                           float *group_sums) {
+    const int32_t kp = evla_padded_length(k, g), groups = kp / g;
+    for (int32_t r = 0; r < rows; r++) {
+        int8_t *qr = q + (size_t)r * kp;
+        row_scales[r] = evla_quantize_row_i8(x + (size_t)r * k, k, kp, qr);
+        for (int32_t gi = 0; gi < groups; gi++) {
+            int32_t s = 0;
+            for (int32_t i = gi * g; i < (gi + 1) * g; i++) s += qr[i];
+            group_sums[(size_t)r * groups + gi] = (float)s;
+        }
+    }
+}
+
+void evla_group_sums_f32(const float *x, int32_t rows, int32_t k, int32_t g, float *out) {
+    const int32_t groups = evla_b1_row_groups(k, g);
+    for (int32_t r = 0; r < rows; r++)
+        for (int32_t gi = 0; gi < groups; gi++) {
+            float s = 0.0f;
+            for (int32_t i = gi * g; i < (gi + 1) * g && i < k; i++) s += x[(size_t)r * k + i];
+            out[(size_t)r * groups + gi] = s;
+        }
+}
+
+float evla_nm_dot_fields(const uint16_t *values, const uint8_t *indices, int32_t n, int32_t m, int32_t k,
+                         const float *xr, int32_t f_begin, int32_t f_end) {
+    const int32_t b = evla_nm_index_bits(m);
+    float acc = 0.0f;
+    for (int32_t f = f_begin; f < f_end; f++) {
+        int32_t col = (f / n) * m + evla_nm_index(indices, f, b);
+        if (col < k) acc += evla_f16_to_f32(values[f]) * xr[col];
+    }
+    return acc;
+}
+
 void evla_b1_gemm_f32_ref(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
     const int32_t k = w->in_features, g = w->group_size;
     const int32_t row_bytes = evla_b1_row_bytes(k, g), groups = evla_b1_row_groups(k, g);
@@ -63,20 +98,11 @@ void evla_b1_gemm_i8_ref(const float *x, int32_t rows, const evla_b1_matrix *w, 
 void evla_nm_gemm_f32_ref(const float *x, int32_t rows, const evla_nm_matrix *w, float *y) {
     const int32_t k = w->in_features, n = w->n, m = w->m;
     const int32_t fields = evla_nm_row_values(k, n, m), index_bytes = evla_nm_row_index_bytes(k, n, m);
-    const int32_t b = evla_nm_index_bits(m);
-    for (int32_t r = 0; r < rows; r++) {
-        const float *xr = x + (size_t)r * k;
-        for (int32_t j = 0; j < w->out_features; j++) {
-            const uint16_t *values = w->values + (size_t)j * fields;
-            const uint8_t *indices = w->indices + (size_t)j * index_bytes;
-            float acc = 0.0f;
-            for (int32_t f = 0; f < fields; f++) {
-                int32_t col = (f / n) * m + evla_nm_index(indices, f, b);
-                if (col < k) acc += evla_f16_to_f32(values[f]) * xr[col];
-            }
-            y[(size_t)r * w->out_features + j] = acc;
-        }
-    }
+    for (int32_t r = 0; r < rows; r++)
+        for (int32_t j = 0; j < w->out_features; j++)
+            y[(size_t)r * w->out_features + j] = evla_nm_dot_fields(
+                w->values + (size_t)j * fields, w->indices + (size_t)j * index_bytes, n, m, k,
+                x + (size_t)r * k, 0, fields);
 }
 
 static inline int32_t popcount8(uint8_t v) {

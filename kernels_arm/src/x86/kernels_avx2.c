@@ -102,24 +102,25 @@ void evla_b1_gemm_f32_avx2(const float *x, int32_t rows, const evla_b1_matrix *w
     }
 }
 
+/* 32 sign bits -> 32 bytes, 0xFF where the bit is set: replicate each byte 8 times, test one bit per lane. */
+static inline __m256i sign_mask32(const uint8_t *bits) {
+    const __m256i replicate = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                               2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i select = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    uint32_t word;
+    memcpy(&word, bits, 4);
+    const __m256i m = _mm256_shuffle_epi8(_mm256_set1_epi32((int)word), replicate);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(m, select), select);
+}
+
 void evla_b1_gemm_i8_avx2(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
     const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
     const int32_t kp = evla_padded_length(k, g);
     const int32_t row_bytes = kp / 8, groups = kp / g;
     int8_t *q = aligned_alloc(32, (size_t)rows * kp + 32);
     float *rs = malloc(sizeof(float) * rows);
-    int32_t *gsum = malloc(sizeof(int32_t) * (size_t)rows * groups);
-    for (int32_t r = 0; r < rows; r++) {
-        rs[r] = evla_quantize_row_i8(x + (size_t)r * k, k, kp, q + (size_t)r * kp);
-        for (int32_t gi = 0; gi < groups; gi++) {
-            int32_t s = 0;
-            for (int32_t i = gi * g; i < (gi + 1) * g; i++) s += q[(size_t)r * kp + i];
-            gsum[(size_t)r * groups + gi] = s;
-        }
-    }
-    const __m256i replicate = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
-                                               2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-    const __m256i select = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    float *gsum = malloc(sizeof(float) * (size_t)rows * groups);
+    evla_quantize_rows_i8(x, rows, k, g, q, rs, gsum);
     const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
     float *sc = malloc(sizeof(float) * (size_t)groups);
     for (int32_t j = 0; j < n; j++) {
@@ -133,10 +134,7 @@ void evla_b1_gemm_i8_avx2(const float *x, int32_t rows, const evla_b1_matrix *w,
             for (int32_t gi = 0; gi < groups; gi++) {
                 __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
                 for (int32_t i = gi * g; i < (gi + 1) * g; i += 32) {
-                    uint32_t word;
-                    memcpy(&word, bits + i / 8, 4);
-                    __m256i m = _mm256_shuffle_epi8(_mm256_set1_epi32((int)word), replicate);
-                    m = _mm256_cmpeq_epi8(_mm256_and_si256(m, select), select);
+                    const __m256i m = sign_mask32(bits + i / 8);
                     a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, _mm256_and_si256(m, _mm256_loadu_si256((const __m256i *)(q0 + i)))), ones16));
                     a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, _mm256_and_si256(m, _mm256_loadu_si256((const __m256i *)(q1 + i)))), ones16));
                     a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, _mm256_and_si256(m, _mm256_loadu_si256((const __m256i *)(q2 + i)))), ones16));
@@ -146,7 +144,7 @@ void evla_b1_gemm_i8_avx2(const float *x, int32_t rows, const evla_b1_matrix *w,
                 const __m256 s2 = _mm256_set1_ps(2.0f * scale);
                 t0 = _mm256_fmadd_ps(s2, _mm256_cvtepi32_ps(a0), t0); t1 = _mm256_fmadd_ps(s2, _mm256_cvtepi32_ps(a1), t1);
                 t2 = _mm256_fmadd_ps(s2, _mm256_cvtepi32_ps(a2), t2); t3 = _mm256_fmadd_ps(s2, _mm256_cvtepi32_ps(a3), t3);
-                for (int32_t qq = 0; qq < 4; qq++) corr[qq] += scale * (float)gsum[(size_t)(r0 + qq) * groups + gi];
+                for (int32_t qq = 0; qq < 4; qq++) corr[qq] += scale * gsum[(size_t)(r0 + qq) * groups + gi];
             }
             const float out[4] = {hsum256(t0), hsum256(t1), hsum256(t2), hsum256(t3)};
             for (int32_t qq = 0; qq < 4; qq++) y[(size_t)(r0 + qq) * n + j] = rs[r0 + qq] * (out[qq] - corr[qq]);
@@ -158,15 +156,12 @@ void evla_b1_gemm_i8_avx2(const float *x, int32_t rows, const evla_b1_matrix *w,
             for (int32_t gi = 0; gi < groups; gi++) {
                 __m256i a0 = _mm256_setzero_si256();
                 for (int32_t i = gi * g; i < (gi + 1) * g; i += 32) {
-                    uint32_t word;
-                    memcpy(&word, bits + i / 8, 4);
-                    __m256i m = _mm256_shuffle_epi8(_mm256_set1_epi32((int)word), replicate);
-                    m = _mm256_cmpeq_epi8(_mm256_and_si256(m, select), select);
+                    const __m256i m = sign_mask32(bits + i / 8);
                     a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, _mm256_and_si256(m, _mm256_loadu_si256((const __m256i *)(q0 + i)))), ones16));
                 }
                 const float scale = sc[gi];
                 t0 = _mm256_fmadd_ps(_mm256_set1_ps(2.0f * scale), _mm256_cvtepi32_ps(a0), t0);
-                corr += scale * (float)gsum[(size_t)r0 * groups + gi];
+                corr += scale * gsum[(size_t)r0 * groups + gi];
             }
             y[(size_t)r0 * n + j] = rs[r0] * (hsum256(t0) - corr);
         }
@@ -203,10 +198,7 @@ void evla_nm24_gemm_f32_avx2(const float *x, int32_t rows, const evla_nm_matrix 
         }
         for (int32_t r = 0; r < rows; r++) {
             float s = hsum256(acc[r]);
-            for (int32_t f = main_fields; f < fields; f++) {
-                int32_t col = (f / 2) * 4 + evla_nm_index(indices, f, 2);
-                if (col < k) s += evla_f16_to_f32(values[f]) * x[(size_t)r * k + col];
-            }
+            s += evla_nm_dot_fields(values, indices, 2, 4, k, x + (size_t)r * k, main_fields, fields);
             y[(size_t)r * n + j] = s;
         }
     }
@@ -240,10 +232,7 @@ void evla_nm14_gemm_f32_avx2(const float *x, int32_t rows, const evla_nm_matrix 
         }
         for (int32_t r = 0; r < rows; r++) {
             float s = hsum256(acc[r]);
-            for (int32_t f = main_fields; f < fields; f++) {
-                int32_t col = f * 4 + evla_nm_index(indices, f, 2);
-                if (col < k) s += evla_f16_to_f32(values[f]) * x[(size_t)r * k + col];
-            }
+            s += evla_nm_dot_fields(values, indices, 1, 4, k, x + (size_t)r * k, main_fields, fields);
             y[(size_t)r * n + j] = s;
         }
     }

@@ -29,28 +29,29 @@ static float dot_f32(const float *a, const float *b, int32_t count) {
     return s;
 }
 
+/* Four output rows j0.. (the last block repeats row j0 where n runs out): their bit rows, and their group
+   scales converted to float32. */
+static void load_block(const evla_b1_matrix *w, int32_t j0, int32_t nj, int32_t groups, const uint8_t *b[4],
+                       float sc[4][groups]) {
+    const int32_t row_bytes = evla_b1_row_bytes(w->in_features, w->group_size);
+    for (int32_t q = 0; q < 4; q++) {
+        const int32_t jq = j0 + (q < nj ? q : 0);
+        b[q] = w->bits + (size_t)jq * row_bytes;
+        scales_to_f32(w->scales + (size_t)jq * groups, groups, sc[q]);
+    }
+}
+
 void evla_b1_gemm_f32_avx512(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
     const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
-    const int32_t row_bytes = evla_b1_row_bytes(k, g), groups = evla_b1_row_groups(k, g);
+    const int32_t groups = evla_b1_row_groups(k, g);
     const int32_t full_pairs = k / 16, pairs_per_group = g / 16;  /* a pair of bytes = 16 weights = one zmm */
     float *gsum_all = malloc(sizeof(float) * (size_t)rows * groups);
-    for (int32_t r = 0; r < rows; r++)
-        for (int32_t gi = 0; gi < groups; gi++) {
-            float s = 0.0f;
-            for (int32_t i = gi * g; i < (gi + 1) * g && i < k; i++) s += x[(size_t)r * k + i];
-            gsum_all[(size_t)r * groups + gi] = s;
-        }
+    evla_group_sums_f32(x, rows, k, g, gsum_all);
     for (int32_t j0 = 0; j0 < n; j0 += 4) {  /* weights outer: each block's scales converted once for all rows */
         const int32_t nj = n - j0 < 4 ? n - j0 : 4;
         const uint8_t *b[4];
-        const uint16_t *s[4];
-        for (int32_t q = 0; q < 4; q++) {
-            int32_t jq = j0 + (q < nj ? q : 0);
-            b[q] = w->bits + (size_t)jq * row_bytes;
-            s[q] = w->scales + (size_t)jq * groups;
-        }
         float sc[4][groups];
-        for (int32_t q = 0; q < 4; q++) scales_to_f32(s[q], groups, sc[q]);
+        load_block(w, j0, nj, groups, b, sc);
         for (int32_t r = 0; r < rows; r++) {
             const float *xr = x + (size_t)r * k;
             const float *gsum = gsum_all + (size_t)r * groups;
@@ -90,31 +91,17 @@ void evla_b1_gemm_f32_avx512(const float *x, int32_t rows, const evla_b1_matrix 
 void evla_b1_gemm_i8_avx512(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
     const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
     const int32_t kp = evla_padded_length(k, g);
-    const int32_t row_bytes = kp / 8, groups = kp / g;
+    const int32_t groups = kp / g;
     int8_t *q_all = malloc((size_t)rows * kp);
     float *scale_all = malloc(sizeof(float) * (size_t)rows);
     float *gsum_all = malloc(sizeof(float) * (size_t)rows * groups);
     const __m512i ones = _mm512_set1_epi8(1);
-    for (int32_t r = 0; r < rows; r++) {
-        int8_t *qr = q_all + (size_t)r * kp;
-        scale_all[r] = evla_quantize_row_i8(x + (size_t)r * k, k, kp, qr);
-        for (int32_t gi = 0; gi < groups; gi++) {
-            int32_t s = 0;
-            for (int32_t i = gi * g; i < (gi + 1) * g; i++) s += qr[i];
-            gsum_all[(size_t)r * groups + gi] = (float)s;
-        }
-    }
+    evla_quantize_rows_i8(x, rows, k, g, q_all, scale_all, gsum_all);
     for (int32_t j0 = 0; j0 < n; j0 += 4) {  /* weights outer: each block's scales converted once for all rows */
         const int32_t nj = n - j0 < 4 ? n - j0 : 4;
         const uint8_t *b[4];
-        const uint16_t *s[4];
-        for (int32_t qq = 0; qq < 4; qq++) {
-            int32_t jq = j0 + (qq < nj ? qq : 0);
-            b[qq] = w->bits + (size_t)jq * row_bytes;
-            s[qq] = w->scales + (size_t)jq * groups;
-        }
         float sc[4][groups];
-        for (int32_t qq = 0; qq < 4; qq++) scales_to_f32(s[qq], groups, sc[qq]);
+        load_block(w, j0, nj, groups, b, sc);
         for (int32_t r = 0; r < rows; r++) {
             const int8_t *q = q_all + (size_t)r * kp;
             const float scale_x = scale_all[r];
@@ -187,10 +174,7 @@ void evla_nm_m4_gemm_f32_avx512(const float *x, int32_t rows, const evla_nm_matr
         }
         for (int32_t r = 0; r < rows; r++) {
             float s = _mm512_reduce_add_ps(acc[r]);
-            for (int32_t f = main_fields; f < fields; f++) {
-                int32_t col = (f / keep) * 4 + evla_nm_index(indices, f, 2);
-                if (col < k) s += evla_f16_to_f32(values[f]) * x[(size_t)r * k + col];
-            }
+            s += evla_nm_dot_fields(values, indices, keep, 4, k, x + (size_t)r * k, main_fields, fields);
             y[(size_t)r * n + j] = s;
         }
     }
