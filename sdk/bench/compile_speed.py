@@ -12,25 +12,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
-import numpy as np
+from .timing import median_ms_interleaved
 
 VARIANTS = [("1-bit sign", "sign", {"group_size": 64}, "c"), ("1-bit sign", "sign", {"group_size": 64}, "tir"),
             ("1-bit hbvla", "hbvla", {}, "tir"), ("2:4 nm", "nm", {"n": 2, "m": 4}, "c"),
             ("2:4 nm", "nm", {"n": 2, "m": 4}, "tir")]
-
-
-def _time_interleaved(runs: dict, repeats: int) -> dict[str, float]:
-    samples = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            samples[name].append(time.perf_counter() - start)
-    return {name: float(np.median(v)) * 1e3 for name, v in samples.items()}
 
 
 def run_compile_speed(*, repeats: int = 50, json_path: Path | None = None, variants=VARIANTS) -> list[dict]:
@@ -77,7 +66,7 @@ def run_compile_speed(*, repeats: int = 50, json_path: Path | None = None, varia
             runs[name] = (lambda p=p, f=prepared[name]: p.run(f))
         for run in runs.values():  # warm up
             run()
-        times = _time_interleaved(runs, repeats)
+        times = median_ms_interleaved(runs, repeats)
     base = times["onnxruntime fp32"]
     rows = [{"variant": name, "median_ms": ms, "speedup_vs_onnxruntime_fp32": base / ms, "file_bytes": sizes[name]}
             for name, ms in times.items()]

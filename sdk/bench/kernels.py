@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .timing import median_ms_interleaved
+
 GOALS = {"b1 fp32": 5.0, "b1 int8": 12.0, "b1 x b1": 60.0, "nm 2:4": 1.6, "nm 1:4": 2.8}
 
 
@@ -78,16 +80,11 @@ def run_kernel_bench(*, shapes=((4096, 4096), (1024, 4096)), batches=(1, 8), rep
                     "nm 2:4": (lambda: native.call("nm", x, packed["nm 2:4"], y["nm24"]), packed["nm 2:4"].nbytes),
                     "nm 1:4": (lambda: native.call("nm", x, packed["nm 1:4"], y["nm14"]), packed["nm 1:4"].nbytes),
                 }
-                samples = {name: [] for name in runs}
-                for _ in range(repeats):
-                    for name, (run, _) in runs.items():
-                        started = time.perf_counter()
-                        run()
-                        samples[name].append(time.perf_counter() - started)
-                base = float(np.median(samples["onnxruntime fp32"]))
-                int8_base = float(np.median(samples["onnxruntime int8"]))
+                times_ms = median_ms_interleaved({name: run for name, (run, _) in runs.items()}, repeats)
+                base = times_ms["onnxruntime fp32"] / 1e3
+                int8_base = times_ms["onnxruntime int8"] / 1e3
                 for name, (_, weight_bytes) in runs.items():
-                    seconds = float(np.median(samples[name]))
+                    seconds = times_ms[name] / 1e3
                     goal = GOALS.get(name)
                     rows_out.append({"shape": f"{n}x{k}", "batch": batch, "kernel": name, "median_ms": seconds * 1e3,
                                      "vs_ort_fp32": base / seconds, "vs_ort_int8": int8_base / seconds,

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from .timing import median_ms_interleaved
 
 
 def _session(path: Path):
@@ -24,16 +25,6 @@ def _session(path: Path):
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _time_interleaved(runs: dict, repeats: int) -> dict[str, float]:
-    samples = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            samples[name].append(time.perf_counter() - start)
-    return {name: float(np.median(v)) * 1e3 for name, v in samples.items()}
 
 
 def _cases():
@@ -72,7 +63,7 @@ def run_onnx_speed(*, repeats: int = 200, json_path: Path | None = None) -> list
             feed = {n: t.numpy() for n, t in zip(names, example)}
             sessions = {name: _session(path) for name, path in files.items()}
             outputs = {name: s.run(None, feed)[0] for name, s in sessions.items()}
-            times = _time_interleaved({name: (lambda s=s: s.run(None, feed)) for name, s in sessions.items()}, repeats)
+            times = median_ms_interleaved({name: (lambda s=s: s.run(None, feed)) for name, s in sessions.items()}, repeats)
             for name in files:
                 rows.append({"case": label, "variant": name, "file_bytes": files[name].stat().st_size,
                              "median_ms": times[name], "speedup_vs_fp32": times["fp32"] / times[name],
