@@ -89,68 +89,58 @@ def _packed_call(bb, format_name: str, x2, rows: int, attrs: dict, packed_inputs
     return bb.emit(relax.call_tir(gv, args, out_ty=relax.TensorType((rows, n), "float32"))), n
 
 
-def _matmul_converter(format_name: str, op_name: str):
+def _lower_matmul(bb, format_name: str, x, attr, attrs: dict, packed_inputs, name: str):
+    """<Format>MatMul: flatten the leading axes to rows, one packed kernel call, restore the shape."""
+    k = attrs["in_features"]
+    x_shape = [int(d) for d in x.ty.shape]
+    if x_shape[-1] != k:
+        raise ValueError(f"{name}: input has {x_shape[-1]} features, in_features is {k}")
+    rows = int(np.prod(x_shape[:-1])) if len(x_shape) > 1 else 1
+    x2 = bb.emit(relax.op.reshape(x, (rows, k))) if len(x_shape) != 2 else x
+    y, n = _packed_call(bb, format_name, x2, rows, attrs, packed_inputs, name)
+    return relax.op.reshape(y, (*x_shape[:-1], n)) if len(x_shape) != 2 else y
+
+
+def _lower_conv(bb, format_name: str, x, attr, attrs: dict, packed_inputs, name: str):
+    """<Format>Conv2d: im2col (TIR), the format's packed kernel on the columns, back to NCHW."""
+    kh, kw = (int(v) for v in attr["kernel_shape"])
+    sh, sw = (int(v) for v in attr.get("strides", (1, 1)))
+    pt, pl, pb, pr = (int(v) for v in attr.get("pads", (0, 0, 0, 0)))
+    dh, dw = (int(v) for v in attr.get("dilations", (1, 1)))
+    batch, channels, height, width = (int(d) for d in x.ty.shape)
+    if channels * kh * kw != attrs["in_features"]:
+        raise ValueError(f"{name}: {channels} channels x {kh}x{kw} kernel != in_features {attrs['in_features']}")
+    out_h = (height + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    out_w = (width + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    rows = batch * out_h * out_w
+    im2col = tvm_kernels.im2col_kernel(batch, channels, height, width, kh, kw, sh, sw, pt, pl, dh, dw, out_h, out_w)
+    gv = bb.add_func(im2col, f"edgevla_im2col_{batch}x{channels}x{height}x{width}_k{kh}x{kw}_s{sh}x{sw}")
+    cols = bb.emit(relax.call_tir(gv, [x], out_ty=relax.TensorType((rows, attrs["in_features"]), "float32")))
+    y, n = _packed_call(bb, format_name, cols, rows, attrs, packed_inputs, name)
+    y = bb.emit(relax.op.reshape(y, (batch, out_h, out_w, n)))
+    return relax.op.permute_dims(y, [0, 3, 1, 2])
+
+
+def _converter(format_name: str, op_name: str, lower):
+    """A frontend converter for ai.edgevla::<op_name>: read the format's attributes, then `lower`."""
     spec = formats.get_format(format_name)
 
     class Converter(onnx_frontend.OnnxOpConverter):
-        """ai.edgevla::<Format>MatMul -> relax.call_tir to a TIR kernel over the packed arrays."""
-
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):
-            x = inputs[0]
             name = f"{op_name} {attr.get('tvm_custom', {}).get('name', '')}".strip()
             attrs = {a: int(attr[a]) for a in spec.attr_names}
-            k = attrs["in_features"]
-            x_shape = [int(d) for d in x.ty.shape]
-            if x_shape[-1] != k:
-                raise ValueError(f"{name}: input has {x_shape[-1]} features, in_features is {k}")
-            rows = int(np.prod(x_shape[:-1])) if len(x_shape) > 1 else 1
-            x2 = bb.emit(relax.op.reshape(x, (rows, k))) if len(x_shape) != 2 else x
-            y, n = _packed_call(bb, format_name, x2, rows, attrs, inputs[1:], name)
-            return relax.op.reshape(y, (*x_shape[:-1], n)) if len(x_shape) != 2 else y
+            return lower(bb, format_name, inputs[0], attr, attrs, inputs[1:], name)
 
     Converter.__name__ = f"{op_name}Converter"
-    return Converter
-
-
-def _conv_converter(format_name: str, op_name: str):
-    spec = formats.get_format(format_name)
-
-    class Converter(onnx_frontend.OnnxOpConverter):
-        """ai.edgevla::<Format>Conv2d -> im2col (TIR) + the format's packed matmul kernel + NCHW layout."""
-
-        @classmethod
-        def _impl_v1(cls, bb, inputs, attr, params):
-            x = inputs[0]
-            name = f"{op_name} {attr.get('tvm_custom', {}).get('name', '')}".strip()
-            attrs = {a: int(attr[a]) for a in spec.attr_names}
-            kh, kw = (int(v) for v in attr["kernel_shape"])
-            sh, sw = (int(v) for v in attr.get("strides", (1, 1)))
-            pt, pl, pb, pr = (int(v) for v in attr.get("pads", (0, 0, 0, 0)))
-            dh, dw = (int(v) for v in attr.get("dilations", (1, 1)))
-            batch, channels, height, width = (int(d) for d in x.ty.shape)
-            if channels * kh * kw != attrs["in_features"]:
-                raise ValueError(f"{name}: {channels} channels x {kh}x{kw} kernel != in_features "
-                                 f"{attrs['in_features']}")
-            out_h = (height + pt + pb - dh * (kh - 1) - 1) // sh + 1
-            out_w = (width + pl + pr - dw * (kw - 1) - 1) // sw + 1
-            rows = batch * out_h * out_w
-            im2col = tvm_kernels.im2col_kernel(batch, channels, height, width, kh, kw, sh, sw, pt, pl, dh, dw,
-                                               out_h, out_w)
-            gv = bb.add_func(im2col, f"edgevla_im2col_{batch}x{channels}x{height}x{width}_k{kh}x{kw}_s{sh}x{sw}")
-            cols = bb.emit(relax.call_tir(gv, [x], out_ty=relax.TensorType((rows, attrs["in_features"]), "float32")))
-            y, n = _packed_call(bb, format_name, cols, rows, attrs, inputs[1:], name)
-            y = bb.emit(relax.op.reshape(y, (batch, out_h, out_w, n)))
-            return relax.op.permute_dims(y, [0, 3, 1, 2])
-
-    Converter.__name__ = f"{op_name}Converter"
+    Converter.__doc__ = f"ai.edgevla::{op_name} -> {lower.__doc__}"
     return Converter
 
 
 CUSTOM_CONVERTERS = {}
 for _format_name, (_op_name, _) in OPS.items():
-    CUSTOM_CONVERTERS[_op_name] = _matmul_converter(_format_name, _op_name)
-    CUSTOM_CONVERTERS[conv_op_name(_op_name)] = _conv_converter(_format_name, conv_op_name(_op_name))
+    CUSTOM_CONVERTERS[_op_name] = _converter(_format_name, _op_name, _lower_matmul)
+    CUSTOM_CONVERTERS[conv_op_name(_op_name)] = _converter(_format_name, conv_op_name(_op_name), _lower_conv)
 
 
 def check_supported(model: onnx.ModelProto) -> None:
