@@ -88,10 +88,8 @@ def run_tvm_host(path, inputs: dict[str, np.ndarray], *, c_kernels: bool = False
     return machine["main"](*[tvm.runtime.tensor(v) for v in inputs.values()]).numpy()
 
 
-@pytest.mark.parametrize("case", ["binary", "nm", "nm_1_4", "nm_4_8"])
-@pytest.mark.parametrize("n,k", SHAPES)
-def test_tvm_host_with_linked_c_kernels(tmp_path, case, n, k):
-    """The same layers through TVM calling the kernels_arm C kernels (call_extern), against torch eager."""
+def exported_layer(tmp_path, case, n, k):
+    """One packed layer exported with a static batch of 3: (onnx path, packed weight, input, torch output)."""
     model, packed = one_layer(case, n, k)
     x = torch.randn(3, k)
     path = tmp_path / "m.onnx"
@@ -99,8 +97,15 @@ def test_tvm_host_with_linked_c_kernels(tmp_path, case, n, k):
         warnings.simplefilter("ignore")
         export(model, (x,), path, input_names=["x"], output_names=["y"])
     with torch.no_grad():
-        expected = model(x).numpy()
-    np.testing.assert_allclose(run_tvm_host(path, {"x": x.numpy()}, c_kernels=True), expected, **TOLERANCE)
+        return path, packed, x.numpy(), model(x).numpy()
+
+
+@pytest.mark.parametrize("case", ["binary", "nm", "nm_1_4", "nm_4_8"])
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_tvm_host_with_linked_c_kernels(tmp_path, case, n, k):
+    """The same layers through TVM calling the kernels_arm C kernels (call_extern), against torch eager."""
+    path, _, x, expected = exported_layer(tmp_path, case, n, k)
+    np.testing.assert_allclose(run_tvm_host(path, {"x": x}, c_kernels=True), expected, **TOLERANCE)
 
 
 @pytest.mark.parametrize("case", sorted(PACKERS))
@@ -109,15 +114,8 @@ def test_tvm_host_kernel_parity(tmp_path, case, n, k):
     """Every format's TIR kernel (host target) against torch eager, and it never holds a dense float weight."""
     from edgevla.targets import tvm_backend
 
-    model, packed = one_layer(case, n, k)
-    x = torch.randn(3, k)
-    path = tmp_path / "m.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export(model, (x,), path, input_names=["x"], output_names=["y"])
-    with torch.no_grad():
-        expected = model(x).numpy()
-    np.testing.assert_allclose(run_tvm_host(path, {"x": x.numpy()}), expected, **TOLERANCE)
+    path, packed, x, expected = exported_layer(tmp_path, case, n, k)
+    np.testing.assert_allclose(run_tvm_host(path, {"x": x}), expected, **TOLERANCE)
     mod = tvm_backend.import_onnx(onnx.load(str(path)))
     assert any(gv.name_hint.startswith(f"edgevla_{packed.format}_matmul") for gv, _ in mod.functions_items())
     dense = [c for c in tvm_backend.relax_constants(mod) if c.dtype.startswith("float") and c.shape == (n, k)]
