@@ -33,7 +33,7 @@ import time
 import uuid
 from pathlib import Path, PurePosixPath
 
-from .bundle import MANIFEST, BundleError, check_runs_here, compare_outputs, read_bundle, this_machine
+from .bundle import MANIFEST, Bundle, BundleError, check_runs_here, compare_outputs, read_bundle, this_machine
 
 SPACE_MARGIN_BYTES = 1 << 20  # kept free beyond what a bundle needs
 
@@ -181,13 +181,12 @@ def safe_extract(tar_path: Path, dest: Path) -> None:
 
 
 # -- operations -----------------------------------------------------------------------------------------
-def self_check(bundle_dir: Path) -> dict:
-    """Run the bundle's reference input through the runtime here and compare with its reference output."""
+def self_check(bundle: Bundle) -> dict:
+    """Run the bundle's reference input through the runtime here and compare with its reference output
+    (the caller has read the bundle, checking every sha256)."""
     from .engine import TvmPolicy
 
-    bundle = read_bundle(bundle_dir)
-    check_runs_here(bundle)
-    policy = TvmPolicy(bundle)
+    policy = TvmPolicy(bundle)  # refuses a bundle for another architecture
     inputs, expected = bundle.check_pair()
     atol, rtol = bundle.tolerance
     passed, worst = compare_outputs(policy.run(policy.prepare(inputs)), expected, atol, rtol)
@@ -215,7 +214,7 @@ def install(root: str | Path, tar_path: str | Path, *, keep: int = 3) -> dict:
             if extra:
                 raise BundleError(f"refusing bundle: files not listed in its manifest: {extra}")
             check_runs_here(bundle)
-            check = self_check(work)
+            check = self_check(bundle)
             if not check["passed"]:
                 raise BundleError(f"bundle self-check failed on this device: max |error| {check['max_abs_error']:.3g} "
                                   f"exceeds atol {check['atol']:g} / rtol {check['rtol']:g}; current version kept")
@@ -280,7 +279,7 @@ def check_current(root: str | Path) -> dict:
     current = current_id(root)
     if current is None:
         raise BundleError(f"no bundle is installed on {root}")
-    return {"current": current, **self_check(root / "current")}
+    return {"current": current, **self_check(read_bundle(root / "current"))}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..buses import BusConfig, BusError, ServoBus, model_named
+from ..buses.tables import decode
 from .base import ArraySpec, Robot
 
 
@@ -46,6 +47,9 @@ class ServoArm(Robot):
         position, velocity = self.model.register("Present_Position"), self.model.register("Present_Velocity")
         self._span_start = min(position.address, velocity.address)
         self._span_size = max(position.address + position.size, velocity.address + velocity.size) - self._span_start
+        # (register, offset in the span) of what one sync read per tick brings back
+        self._position = (position, position.address - self._span_start)
+        self._velocity = (velocity, velocity.address - self._span_start)
         self._hold: np.ndarray | None = None
         self._connected = False
 
@@ -78,20 +82,14 @@ class ServoArm(Robot):
     def to_ticks(self, rad: float) -> int:
         return int(round(rad / self._rad_per_tick)) + self.model.center_tick
 
-    def observe(self) -> dict[str, np.ndarray]:
-        from ..buses.tables import decode
+    def _field(self, data: bytes, field) -> int:
+        register, offset = field
+        return decode(register, self.bus.protocol.from_bytes(data[offset:offset + register.size]))
 
+    def observe(self) -> dict[str, np.ndarray]:
         raw = self.bus.sync_read(self.ids, self._span_start, self._span_size)
-        positions, velocities = [], []
-        for servo_id in self.ids:
-            data = raw[servo_id]
-            values = {}
-            for name in ("Present_Position", "Present_Velocity"):
-                register = self.model.register(name)
-                offset = register.address - self._span_start
-                values[name] = decode(register, self.bus.protocol.from_bytes(data[offset:offset + register.size]))
-            positions.append(self.to_rad(values["Present_Position"]))
-            velocities.append(values["Present_Velocity"] * self.model.velocity_unit_rad_s)
+        positions = [self.to_rad(self._field(raw[i], self._position)) for i in self.ids]
+        velocities = [self._field(raw[i], self._velocity) * self.model.velocity_unit_rad_s for i in self.ids]
         position = np.asarray(positions, np.float32)
         self._hold = position
         return {"joint_position": position, "joint_velocity": np.asarray(velocities, np.float32)}
