@@ -13,6 +13,15 @@ from tvm.script import tirx as T
 from edgevla.runtime import formats
 
 
+@T.macro
+def _pad_rows(X, x_padded, rows, k, kp):
+    """x_padded[rows, kp] = X[rows, k] followed by zeros (padded weights then meet zero activations)."""
+    for i, kk in T.grid(rows, kp):
+        with T.sblock("pad"):
+            vi, vk = T.axis.remap("SS", [i, kk])
+            x_padded[vi, vk] = T.if_then_else(vk < k, X[vi, T.min(vk, k - 1)], T.float32(0))
+
+
 def binary_matmul_kernel(rows: int, out_features: int, in_features: int, group_size: int):
     """Y[rows, N] = X[rows, K] @ W.T for W in the binary format (bits [N, Kp/8] uint8, scales [N, Kp/G] f16).
 
@@ -34,10 +43,7 @@ def binary_matmul_kernel(rows: int, out_features: int, in_features: int, group_s
         x_padded = T.alloc_buffer((m, kp), "float32")
         x_group_sum = T.alloc_buffer((m, groups), "float32")
         bit_dot = T.alloc_buffer((m, n, groups), "float32")
-        for i, kk in T.grid(m, kp):
-            with T.sblock("pad"):
-                vi, vk = T.axis.remap("SS", [i, kk])
-                x_padded[vi, vk] = T.if_then_else(vk < k, X[vi, T.min(vk, k - 1)], T.float32(0))
+        _pad_rows(X, x_padded, m, k, kp)
         for i, gg, t in T.grid(m, groups, g):
             with T.sblock("group_sum"):
                 vi, vg, vt = T.axis.remap("SSR", [i, gg, t])
@@ -88,10 +94,7 @@ def nm_matmul_kernel(rows: int, out_features: int, in_features: int, n: int, m: 
         T.func_attr({"op_pattern": 8, "tir.noalias": True})
         x_padded = T.alloc_buffer((mm, kp), "float32")
         position = T.alloc_buffer((nn, fields), "int32")
-        for i, kk in T.grid(mm, kp):
-            with T.sblock("pad"):
-                vi, vk = T.axis.remap("SS", [i, kk])
-                x_padded[vi, vk] = T.if_then_else(vk < k, X[vi, T.min(vk, k - 1)], T.float32(0))
+        _pad_rows(X, x_padded, mm, k, kp)
         for j, f in T.grid(nn, fields):
             with T.sblock("decode_index"):
                 vj, vf = T.axis.remap("SS", [j, f])
@@ -119,10 +122,7 @@ def group_sparse_matmul_kernel(rows: int, out_features: int, in_features: int, g
                             G: T.Buffer((nn, r), "uint16"), Y: T.Buffer((mm, nn), "float32")):
         T.func_attr({"op_pattern": 8, "tir.noalias": True})
         x_padded = T.alloc_buffer((mm, kp), "float32")
-        for i, kk in T.grid(mm, kp):
-            with T.sblock("pad"):
-                vi, vk = T.axis.remap("SS", [i, kk])
-                x_padded[vi, vk] = T.if_then_else(vk < k, X[vi, T.min(vk, k - 1)], T.float32(0))
+        _pad_rows(X, x_padded, mm, k, kp)
         for i, j, q, t in T.grid(mm, nn, r, g):
             with T.sblock("group_dot"):
                 vi, vj, vq, vt = T.axis.remap("SSRR", [i, j, q, t])
@@ -183,10 +183,7 @@ def binary_split_matmul_kernel(rows: int, out_features: int, in_features: int, b
         T.func_attr({"op_pattern": 8, "tir.noalias": True})
         x_padded = T.alloc_buffer((mm, kp), "float32")
         main = T.alloc_buffer((mm, nn), "float32")
-        for i, kk in T.grid(mm, kp):
-            with T.sblock("pad"):
-                vi, vk = T.axis.remap("SS", [i, kk])
-                x_padded[vi, vk] = T.if_then_else(vk < k, X[vi, T.min(vk, k - 1)], T.float32(0))
+        _pad_rows(X, x_padded, mm, k, kp)
         for i, j, kk in T.grid(mm, nn, kp):
             with T.sblock("split_dot"):
                 vi, vj, vk = T.axis.remap("SSR", [i, j, kk])
