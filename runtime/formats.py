@@ -50,7 +50,7 @@ haar_binary (HBVLA style: salient columns kept with residual binarization, the r
             scale_codes           uint8   [N, Kh / G]      group scale = scale_base * 2^((code - 255) / 16),
                                                            code 0 = 0 (8-bit log scales: 4.4% steps).
             scale_base            float32 [1]              the largest group scale of the layer.
-    attrs   in_features K, salient S, group_size G (even multiple of 8 dividing Kh).
+    attrs   in_features K, salient S, group_size G (a multiple of 8 dividing Kh).
     Haar    the other Kn = K - S columns (ascending) form u, zero-padded to Kh = ceil(Kn / 16) * 16;
             haar(u) = [(u[0::2] + u[1::2]) / sqrt(2), (u[0::2] - u[1::2]) / sqrt(2)] (low band, high band).
             A kernel computes haar(x[others]) once per row of activations, then

@@ -46,6 +46,7 @@ ARCHES = {
                     ("src/dispatch.c", ("-DEVLA_WITH_AVX2",))), ("-lm",), ()),
     "aarch64": Arch("aarch64", ("aarch64-linux-gnu-gcc",),
                     (("src/ref/kernels_ref.c", ()), ("src/arm/kernels_neon.c", ("-march=armv8-a",)),
+                     ("src/arm/kernels_neon_dotprod.c", ("-march=armv8.2-a+dotprod",)),
                      ("src/dispatch.c", ())), ("-static", "-lm"), ("qemu-aarch64",)),
     "armv7": Arch("armv7", ("arm-linux-gnueabihf-gcc", "-march=armv7-a", "-mfpu=neon", "-mfloat-abi=hard"),
                   (("src/ref/kernels_ref.c", ()), ("src/arm/kernels_neon.c", ()), ("src/dispatch.c", ())),
@@ -54,9 +55,23 @@ ARCHES = {
                    (("src/ref/kernels_ref.c", ()), ("src/wasm/kernels_simd128.c", ()), ("src/dispatch.c", ())),
                    ("-lm",), ("wasm",)),
 }
-RUNNERS = {"x86_64": "x86_64", "aarch64": "aarch64", "armv7": "armv7", "wasm32-wasmtime": "wasm32",
-           "wasm32-node": "wasm32"}  # where a case can run here -> the build it uses
-VARIANT = {"x86_64": "avx2", "aarch64": "neon", "armv7": "neon", "wasm32": "simd128"}
+RUNNERS = {"x86_64": "x86_64", "aarch64": "aarch64", "aarch64-nodotprod": "aarch64", "armv7": "armv7",
+           "wasm32-wasmtime": "wasm32", "wasm32-node": "wasm32"}  # where a case can run here -> the build it uses
+# Runners whose command differs from their arch's: the emulated CPU decides which variant the dispatcher picks
+# (qemu's "max" CPU has the dot-product extension; a Cortex-A72 has plain Armv8.0 NEON).
+RUNNER_PREFIX = {"aarch64": ("qemu-aarch64", "-cpu", "max"),
+                 "aarch64-nodotprod": ("qemu-aarch64", "-cpu", "cortex-a72")}
+VARIANT = {"x86_64": "avx2", "aarch64": "neon+dotprod", "aarch64-nodotprod": "neon", "armv7": "neon",
+           "wasm32-wasmtime": "simd128", "wasm32-node": "simd128"}  # best variant each runner reports
+# Packed arrays each kernel reads, in the runner's argument order, and its two integer parameters.
+KERNEL_ARRAYS = {
+    "b1f32": ("bits", "scales"), "b1i8": ("bits", "scales"), "bxb": ("bits", "scales"),
+    "nm": ("values", "indices"), "gs": ("values", "group_idx"),
+    "haar": ("salient_idx", "salient_bits", "salient_residual_bits", "salient_scales", "bits", "scale_codes",
+             "scale_base"),
+}
+KERNEL_PARAMS = {"b1f32": ("group_size", None), "b1i8": ("group_size", None), "bxb": ("group_size", None),
+                 "nm": ("n", "m"), "gs": ("group", "kept"), "haar": ("salient", "group_size")}
 
 
 def _cache(key: str) -> Path:
@@ -139,6 +154,12 @@ class NativeKernels:
         self.lib.evla_bxb_gemm.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
                                            ctypes.POINTER(_B1Matrix), ctypes.c_void_p, ctypes.POINTER(_Lengths)]
         self.lib.evla_bxb_gemm.restype = ctypes.c_int
+        self.lib.evla_gs_gemm_f32.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.POINTER(_GsMatrix),
+                                              ctypes.c_void_p, ctypes.POINTER(_Lengths)]
+        self.lib.evla_gs_gemm_f32.restype = ctypes.c_int
+        self.lib.evla_haar_gemm_f32.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.POINTER(_HaarMatrix),
+                                                ctypes.c_void_p, ctypes.POINTER(_HaarLengths)]
+        self.lib.evla_haar_gemm_f32.restype = ctypes.c_int
 
     @property
     def variant(self) -> str:
@@ -150,7 +171,8 @@ class NativeKernels:
 
     def call(self, kernel: str, x: np.ndarray, packed: formats.PackedWeight, y: np.ndarray | None = None, *,
              x_binary: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-        """kernel: b1f32 | b1i8 | nm | bxb (pass `x_binary` = binarize_activations(x, group) for bxb)."""
+        """kernel: b1f32 | b1i8 | nm | gs | haar | bxb (pass `x_binary` = binarize_activations(x, group) for
+        bxb). The formats: binary for b1f32/b1i8/bxb, nm, group_sparse for gs, haar_binary for haar."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         rows, k = x.shape
         n = packed.out_features
@@ -163,6 +185,17 @@ class NativeKernels:
             lengths = _Lengths(signs.size, a.size, b.size, y.size)
             status = self.lib.evla_bxb_gemm(ptr(signs), ptr(scales), rows, ctypes.byref(matrix), ptr(y),
                                             ctypes.byref(lengths))
+        elif kernel == "gs":
+            a, b = packed.arrays["values"], packed.arrays["group_idx"]
+            matrix = _GsMatrix(ptr(a), ptr(b), n, k, packed.attrs["group"], packed.attrs["kept"])
+            lengths = _Lengths(x.size, a.size, b.size, y.size)
+            status = self.lib.evla_gs_gemm_f32(ptr(x), rows, ctypes.byref(matrix), ptr(y), ctypes.byref(lengths))
+        elif kernel == "haar":
+            arrays = [packed.arrays[name] for name in KERNEL_ARRAYS["haar"][:6]]
+            matrix = _HaarMatrix(*(ptr(a) for a in arrays), float(packed.arrays["scale_base"][0]), n, k,
+                                 packed.attrs["salient"], packed.attrs["group_size"])
+            lengths = _HaarLengths(x.size, y.size, *(a.size for a in arrays))
+            status = self.lib.evla_haar_gemm_f32(ptr(x), rows, ctypes.byref(matrix), ptr(y), ctypes.byref(lengths))
         elif kernel == "nm":
             a, b = packed.arrays["values"], packed.arrays["indices"]
             matrix = _NmMatrix(ptr(a), ptr(b), n, k, packed.attrs["n"], packed.attrs["m"])
@@ -187,6 +220,22 @@ class _B1Matrix(ctypes.Structure):
 class _NmMatrix(ctypes.Structure):
     _fields_ = [("values", ctypes.c_void_p), ("indices", ctypes.c_void_p), ("out_features", ctypes.c_int32),
                 ("in_features", ctypes.c_int32), ("n", ctypes.c_int32), ("m", ctypes.c_int32)]
+
+
+class _GsMatrix(ctypes.Structure):
+    _fields_ = [("values", ctypes.c_void_p), ("group_idx", ctypes.c_void_p), ("out_features", ctypes.c_int32),
+                ("in_features", ctypes.c_int32), ("group", ctypes.c_int32), ("kept", ctypes.c_int32)]
+
+
+class _HaarMatrix(ctypes.Structure):
+    _fields_ = [*((name, ctypes.c_void_p) for name in KERNEL_ARRAYS["haar"][:6]), ("scale_base", ctypes.c_float),
+                ("out_features", ctypes.c_int32), ("in_features", ctypes.c_int32), ("salient", ctypes.c_int32),
+                ("group_size", ctypes.c_int32)]
+
+
+class _HaarLengths(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_size_t), ("y", ctypes.c_size_t),
+                *((name, ctypes.c_size_t) for name in KERNEL_ARRAYS["haar"][:6])]
 
 
 class _Lengths(ctypes.Structure):
@@ -216,19 +265,20 @@ def run_case(where: str, kernel: str, x: np.ndarray, packed: formats.PackedWeigh
     """Run one kernel case through the file-driven runner `where` (see RUNNERS); (y, variant)."""
     arch_name = RUNNERS[where]
     exe, prefix = build_runner(arch_name, sanitize=sanitize)
+    prefix = RUNNER_PREFIX.get(where, prefix)
     rows, k = x.shape
-    names = ("values", "indices") if kernel == "nm" else ("bits", "scales")
-    p1, p2 = (packed.attrs["n"], packed.attrs["m"]) if kernel == "nm" else (packed.attrs["group_size"], 0)
-    files = ["x.bin", "a.bin", "b.bin", "y.bin"]
+    params = [str(packed.attrs[name]) if name else "0" for name in KERNEL_PARAMS[kernel]]
+    names = KERNEL_ARRAYS[kernel]
+    files = ["x.bin", "y.bin"] + [f"{name}.bin" for name in names]
     if kernel == "bxb":
         signs, scales = binarize_activations(x, packed.attrs["group_size"])
         (workdir / files[0]).write_bytes(scales.tobytes() + np.ascontiguousarray(signs).tobytes())
     else:
         np.ascontiguousarray(x, np.float32).tofile(workdir / files[0])
-    for f, name in zip(files[1:3], names):
+    for f, name in zip(files[2:], names):
         np.ascontiguousarray(packed.arrays[name]).tofile(workdir / f)
-    (workdir / files[3]).unlink(missing_ok=True)
-    args = [kernel, str(rows), str(k), str(packed.out_features), str(p1), str(p2), str(int(reference))]
+    (workdir / files[1]).unlink(missing_ok=True)
+    args = [kernel, str(rows), str(k), str(packed.out_features), *params, str(int(reference))]
     if prefix == ("wasm",):
         from .emulate import wasi
 
@@ -242,4 +292,4 @@ def run_case(where: str, kernel: str, x: np.ndarray, packed: formats.PackedWeigh
     if code != 0:
         raise RuntimeError(f"{where} runner failed ({code}): {stdout} {stderr[-2000:]}")
     variant = stdout.split()[0]
-    return np.fromfile(workdir / files[3], np.float32).reshape(rows, packed.out_features), variant
+    return np.fromfile(workdir / files[1], np.float32).reshape(rows, packed.out_features), variant

@@ -24,12 +24,40 @@ CASES = [  # kernel, format options, (N, K)
     ("bxb", {"group_size": 64}, (16, 1024)), ("bxb", {"group_size": 32}, (5, 77)),
     ("nm", {"n": 2, "m": 4}, (7, 40)), ("nm", {"n": 2, "m": 4}, (33, 203)), ("nm", {"n": 2, "m": 4}, (16, 512)),
     ("nm", {"n": 1, "m": 4}, (9, 70)), ("nm", {"n": 1, "m": 4}, (17, 333)), ("nm", {"n": 4, "m": 8}, (12, 96)),
+    ("gs", {"group": 4, "kept": 5}, (7, 40)), ("gs", {"group": 8, "kept": 9}, (33, 203)),
+    ("gs", {"group": 16, "kept": 3}, (16, 64)), ("gs", {"group": 3, "kept": 4}, (5, 22)),
+    ("haar", {"salient": 3, "group_size": 16}, (7, 40)), ("haar", {"salient": 0, "group_size": 32}, (9, 64)),
+    ("haar", {"salient": 10, "group_size": 16}, (33, 203)), ("haar", {"salient": 5, "group_size": 8}, (16, 6)),
+    ("haar", {"salient": 20, "group_size": 64}, (24, 532)),
 ]
 ROWS = [1, 3, 8, 16]
 
 
+def random_haar(shape, salient, group_size, rng):
+    """A haar_binary weight with random signs, log-scale codes (some 0) and salient columns."""
+    n, k = shape
+    idx = np.sort(rng.choice(k, size=salient, replace=False))
+    kh = formats.haar_padded_length(k - salient)
+    codes = rng.integers(0, 256, size=(n, kh // group_size)).astype(np.uint8)
+    return formats.pack_haar_binary(
+        haar_signs=rng.random((n, kh)) < 0.5, scale_codes=codes, scale_base=float(rng.uniform(0.05, 0.5)),
+        salient_idx=idx, salient_signs=rng.random((n, salient)) < 0.5,
+        salient_residual_signs=rng.random((n, salient)) < 0.5,
+        salient_scales=rng.uniform(0.1, 1.0, size=(2, salient)).astype(np.float32), in_features=k,
+        group_size=group_size)
+
+
 def pack(kernel, options, shape, seed=0):
-    w = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    if kernel == "haar":
+        return random_haar(shape, options["salient"], options["group_size"], rng)
+    w = rng.normal(size=shape).astype(np.float32)
+    if kernel == "gs":
+        groups = -(-shape[1] // options["group"])
+        keep = np.zeros((shape[0], groups), bool)
+        for row in keep:
+            row[rng.choice(groups, size=options["kept"], replace=False)] = True
+        return formats.pack_group_sparse(w, group=options["group"], keep=keep)
     return formats.pack_nm(w, **options) if kernel == "nm" else formats.pack_binary(w, **options)
 
 
@@ -37,7 +65,8 @@ def check(kernel, x, packed, y, variant_y=None):
     if kernel == "bxb":  # integer counts, float scales: a reordered float sum
         np.testing.assert_allclose(y, ckernels.bxb_reference(x, packed), **FP32)
         return
-    expected = formats.get_format(packed.format).matmul_ref(x, packed)
+    expected = (formats.haar_binary_matmul_ref(x, packed) if kernel == "haar"
+                else formats.get_format(packed.format).matmul_ref(x, packed))
     if kernel == "b1i8":
         step = np.abs(x).max(axis=1, keepdims=True) / 127.0
         bound = 0.5 * step * np.abs(formats.unpack(packed)).sum(axis=1)[None, :] * 1.001 + 1e-5
@@ -56,7 +85,7 @@ def _cpu_flags() -> set[str]:
 def expected_variants(where: str) -> list[tuple[int, str]]:
     """(level, variant name) pairs to run: the best variant, and on x86 also the AVX2 one."""
     if where != "x86_64":
-        return [(0, ckernels.VARIANT[ckernels.RUNNERS[where]])]
+        return [(0, ckernels.VARIANT[where])]
     avx512 = {"avx512f", "avx512bw", "avx512_vnni"} <= _cpu_flags()
     return [(0, "avx512" if avx512 else "avx2"), (2, "avx2")]
 
@@ -123,3 +152,32 @@ def test_wrong_lengths_under_asan_are_refused_not_read(tmp_path):
                                         "indices": packed.arrays["indices"]}, packed.attrs, packed.out_features)
     with pytest.raises(RuntimeError, match=r"failed \(1\): \w+ -4"):
         ckernels.run_case("x86_64", "nm", np.ones((1, 64), np.float32), short, tmp_path, sanitize=True)
+
+
+def test_corrupt_stored_indices_are_refused_before_any_read(tmp_path):
+    """Indices inside the packed arrays are data too: a group index past the matrix or a salient column past
+    K (or out of order) would make the kernel read outside the activations. They are checked first (-5) and
+    the output is left as it was; under AddressSanitizer no out-of-bounds read happens either."""
+    native = ckernels.NativeKernels()
+    rng = np.random.default_rng(5)
+    gs = pack("gs", {"group": 4, "kept": 3}, (6, 40))
+    haar = pack("haar", {"salient": 4, "group_size": 16}, (6, 40))
+    x = rng.normal(size=(2, 40)).astype(np.float32)
+    bad_gs = [gs.arrays["group_idx"].copy() for _ in range(2)]
+    bad_gs[0][2, 1] = 10  # groups are 0..9
+    bad_gs[1][3, :] = bad_gs[1][3, ::-1].copy()  # descending
+    bad_salient = [haar.arrays["salient_idx"].copy() for _ in range(2)]
+    bad_salient[0][-1] = 40
+    bad_salient[1][:2] = bad_salient[1][1::-1].copy()
+    cases = [("gs", formats.PackedWeight("group_sparse", {**gs.arrays, "group_idx": g}, gs.attrs, 6)) for g in bad_gs]
+    cases += [("haar", formats.PackedWeight("haar_binary", {**haar.arrays, "salient_idx": s}, haar.attrs, 6))
+              for s in bad_salient]
+    for kernel, packed in cases:
+        y = np.full((2, 6), 7.0, np.float32)
+        with pytest.raises(ValueError, match="status -5"):
+            native.call(kernel, x, packed, y)
+        assert np.all(y == 7.0)
+        with pytest.raises(RuntimeError, match=r"failed \(1\): \w+ -5"):
+            ckernels.run_case("x86_64", kernel, x, packed, tmp_path, sanitize=True)
+    native.call("gs", x, gs)  # the intact weights are fine
+    np.testing.assert_allclose(native.call("haar", x, haar), formats.haar_binary_matmul_ref(x, haar), **FP32)

@@ -1,27 +1,36 @@
 /* Public entry points: argument checks (nothing is read or written on a bad call), then the best variant. */
+#include <stdlib.h>
+
 #include "edgevla/kernels.h"
 
 #if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
-void evla_b1_gemm_f32_avx512(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
+void evla_b1_gemm_f32_avx512(const float *x, int32_t rows, const evla_b1_plane *w, float *y);
 void evla_b1_gemm_i8_avx512(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_nm_m4_gemm_f32_avx512(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
 void evla_bxb_gemm_avx512(const uint8_t *xbits, const float *x_scales, int32_t rows, const evla_b1_matrix *w,
                           float *y);
-void evla_b1_gemm_f32_avx2(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
+void evla_b1_gemm_f32_avx2(const float *x, int32_t rows, const evla_b1_plane *w, float *y);
 void evla_b1_gemm_i8_avx2(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_nm24_gemm_f32_avx2(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
 void evla_nm14_gemm_f32_avx2(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
+void evla_gs_gemm_f32_avx2(const float *x, int32_t rows, const evla_gs_matrix *w, float *y);
 #endif
 #if defined(__aarch64__) || defined(__ARM_NEON)
-void evla_b1_gemm_f32_neon(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
+void evla_b1_gemm_f32_neon(const float *x, int32_t rows, const evla_b1_plane *w, float *y);
 void evla_b1_gemm_i8_neon(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 #endif
 #if defined(__aarch64__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+void evla_b1_gemm_i8_neon_dotprod(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_nm_m4_gemm_f32_neon(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
+void evla_gs_gemm_f32_neon(const float *x, int32_t rows, const evla_gs_matrix *w, float *y);
 #endif
 
 #if defined(__wasm_simd128__)
-void evla_b1_gemm_f32_simd128(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
+void evla_b1_gemm_f32_simd128(const float *x, int32_t rows, const evla_b1_plane *w, float *y);
 #endif
 
 static int force_reference = 0;  /* 0: best variant, 1: portable reference, 2: at most AVX2 */
@@ -75,6 +84,16 @@ static int use_neon(void) {
 #endif
 }
 
+static int use_neon_dotprod(void) {
+#if defined(__aarch64__)
+    static int cached = -1;
+    if (cached < 0) cached = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+    return cached && use_neon();
+#else
+    return 0;
+#endif
+}
+
 static int use_simd128(void) {
 #if defined(__wasm_simd128__)
     return !force_reference;
@@ -86,6 +105,7 @@ static int use_simd128(void) {
 const char *evla_kernel_variant(void) {
     if (use_avx512()) return "avx512";
     if (use_avx2()) return "avx2";
+    if (use_neon_dotprod()) return "neon+dotprod";
     if (use_neon()) return "neon";
     if (use_simd128()) return "simd128";
     return "ref";
@@ -103,20 +123,26 @@ static int check_b1(const float *x, int32_t rows, const evla_b1_matrix *w, const
     return EVLA_OK;
 }
 
+/* fp32 x 1-bit over a plane (float16 or log-coded scales): the best variant for this CPU. */
+static void b1_plane_gemm_f32(const float *x, int32_t rows, const evla_b1_plane *p, float *y) {
+#if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
+    if (use_avx512() && p->group_size % 16 == 0) { evla_b1_gemm_f32_avx512(x, rows, p, y); return; }
+    if (use_avx2()) { evla_b1_gemm_f32_avx2(x, rows, p, y); return; }
+#endif
+#if defined(__aarch64__) || defined(__ARM_NEON)
+    if (use_neon()) { evla_b1_gemm_f32_neon(x, rows, p, y); return; }
+#endif
+#if defined(__wasm_simd128__)
+    if (use_simd128()) { evla_b1_gemm_f32_simd128(x, rows, p, y); return; }
+#endif
+    evla_b1_gemm_f32_ref(x, rows, p, y);
+}
+
 int evla_b1_gemm_f32(const float *x, int32_t rows, const evla_b1_matrix *w, float *y, const evla_lengths *len) {
     int status = check_b1(x, rows, w, y, len);
     if (status) return status;
-#if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
-    if (use_avx512() && w->group_size % 16 == 0) { evla_b1_gemm_f32_avx512(x, rows, w, y); return EVLA_OK; }
-    if (use_avx2()) { evla_b1_gemm_f32_avx2(x, rows, w, y); return EVLA_OK; }
-#endif
-#if defined(__aarch64__) || defined(__ARM_NEON)
-    if (use_neon()) { evla_b1_gemm_f32_neon(x, rows, w, y); return EVLA_OK; }
-#endif
-#if defined(__wasm_simd128__)
-    if (use_simd128()) { evla_b1_gemm_f32_simd128(x, rows, w, y); return EVLA_OK; }
-#endif
-    evla_b1_gemm_f32_ref(x, rows, w, y);
+    const evla_b1_plane plane = evla_plane_of(w);
+    b1_plane_gemm_f32(x, rows, &plane, y);
     return EVLA_OK;
 }
 
@@ -126,6 +152,9 @@ int evla_b1_gemm_i8(const float *x, int32_t rows, const evla_b1_matrix *w, float
 #if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
     if (use_avx512() && w->group_size % 64 == 0) { evla_b1_gemm_i8_avx512(x, rows, w, y); return EVLA_OK; }
     if (use_avx2() && w->group_size % 32 == 0) { evla_b1_gemm_i8_avx2(x, rows, w, y); return EVLA_OK; }
+#endif
+#if defined(__aarch64__)
+    if (use_neon_dotprod() && w->group_size % 16 == 0) { evla_b1_gemm_i8_neon_dotprod(x, rows, w, y); return EVLA_OK; }
 #endif
 #if defined(__aarch64__) || defined(__ARM_NEON)
     if (use_neon() && w->group_size % 16 == 0) { evla_b1_gemm_i8_neon(x, rows, w, y); return EVLA_OK; }
@@ -199,5 +228,60 @@ int evla_bxb_gemm(const uint8_t *xbits, const float *x_scales, int32_t rows, con
     }
 #endif
     evla_bxb_gemm_ref(xbits, x_scales, rows, w, y);
+    return EVLA_OK;
+}
+
+int evla_haar_gemm_f32(const float *x, int32_t rows, const evla_haar_matrix *w, float *y, const evla_haar_lengths *len) {
+    if (!x || !w || !y || !len || !w->bits || !w->scale_codes || (w->salient > 0 && (!w->salient_idx ||
+        !w->salient_bits || !w->salient_residual_bits || !w->salient_scales)))
+        return EVLA_ERR_NULL;
+    if (rows < 1 || rows > EVLA_MAX_ROWS) return EVLA_ERR_ROWS;
+    const int32_t k = w->in_features, s = w->salient, n = w->out_features, g = w->group_size;
+    if (k < 1 || n < 1 || s < 0 || s > k) return EVLA_ERR_SHAPE;
+    const int32_t kh = evla_haar_length(k, s);
+    if (g < 8 || g % 8 || kh % g) return EVLA_ERR_SHAPE;
+    const size_t col_bytes = (size_t)(n + 7) / 8;
+    if (len->x != (size_t)rows * k || len->y != (size_t)rows * n || len->salient_idx != (size_t)s ||
+        len->salient_bits != (size_t)s * col_bytes || len->salient_residual_bits != (size_t)s * col_bytes ||
+        len->salient_scales != 2 * (size_t)s || len->bits != (size_t)n * (kh / 8) ||
+        len->scale_codes != (size_t)n * (kh / g))
+        return EVLA_ERR_LENGTH;
+    for (int32_t i = 0; i < s; i++)
+        if (w->salient_idx[i] >= k || (i > 0 && w->salient_idx[i] <= w->salient_idx[i - 1])) return EVLA_ERR_INDEX;
+    float *h = malloc(sizeof(float) * (size_t)rows * kh);
+    if (!h) return EVLA_ERR_NOMEM;
+    float code_scales[256];
+    evla_haar_code_scales(w->scale_base, code_scales);
+    for (int32_t r = 0; r < rows; r++)
+        evla_haar_transform_row(x + (size_t)r * k, k, w->salient_idx, s, kh, h + (size_t)r * kh);
+    const evla_b1_plane plane = {w->bits, NULL, w->scale_codes, code_scales, n, kh, g};
+    b1_plane_gemm_f32(h, rows, &plane, y);
+    evla_haar_salient_update(x, rows, w, y);
+    free(h);
+    return EVLA_OK;
+}
+
+int evla_gs_gemm_f32(const float *x, int32_t rows, const evla_gs_matrix *w, float *y, const evla_lengths *len) {
+    if (!x || !w || !y || !len || !w->values || !w->group_idx) return EVLA_ERR_NULL;
+    if (rows < 1 || rows > EVLA_MAX_ROWS) return EVLA_ERR_ROWS;
+    const int32_t k = w->in_features, g = w->group, kept = w->kept, n = w->out_features;
+    if (k < 1 || n < 1 || g < 1 || kept < 0) return EVLA_ERR_SHAPE;
+    const int32_t groups = evla_padded_length(k, g) / g;
+    if (kept > groups) return EVLA_ERR_SHAPE;
+    if (len->x != (size_t)rows * k || len->y != (size_t)rows * n || len->packed_a != (size_t)n * kept * g ||
+        len->packed_b != (size_t)n * kept)
+        return EVLA_ERR_LENGTH;
+    for (size_t j = 0; j < (size_t)n; j++) {
+        const uint16_t *idx = w->group_idx + j * kept;
+        for (int32_t i = 0; i < kept; i++)
+            if (idx[i] >= groups || (i > 0 && idx[i] <= idx[i - 1])) return EVLA_ERR_INDEX;
+    }
+#if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
+    if (use_avx2() && g % 4 == 0) { evla_gs_gemm_f32_avx2(x, rows, w, y); return EVLA_OK; }
+#endif
+#if defined(__aarch64__)
+    if (use_neon() && g % 4 == 0) { evla_gs_gemm_f32_neon(x, rows, w, y); return EVLA_OK; }
+#endif
+    evla_gs_gemm_f32_ref(x, rows, w, y);
     return EVLA_OK;
 }

@@ -81,15 +81,15 @@ def run_fidelity(*, episodes: int = 100, calibration_samples: int = 512, methods
 
     from edgevla.demo import calibration_inputs
     from edgevla.exporters.compress import compress
-    from edgevla.models.train_reach import evaluate_torch, load_or_train
-
-    from edgevla.models.reach_vla import LARGE, ReachVLAConfig
+    from edgevla.models.reach_vla import LARGE, LARGE_TRAIN, ReachVLAConfig
+    from edgevla.models.train_reach import TrainConfig, evaluate_torch, load_or_train
 
     torch.set_num_threads(2)
     if variant not in ("reference", "large"):
         raise ValueError(f"variant must be 'reference' or 'large', got {variant!r}")
-    config = ReachVLAConfig(**LARGE) if variant == "large" else ReachVLAConfig()
-    model = load_or_train(model_config=config, progress=progress)
+    large = variant == "large"
+    model = load_or_train(model_config=ReachVLAConfig(**LARGE) if large else ReachVLAConfig(),
+                          train=TrainConfig(**LARGE_TRAIN) if large else TrainConfig(), progress=progress)
     print(f"policy: {variant} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)", flush=True)
     calibration = calibration_inputs(calibration_samples, seed=7, batch_size=32)
     held_out = calibration_inputs(128, seed=11, batch_size=32)

@@ -15,6 +15,15 @@
  *         indices uint8   [N, ceil(Kp/m*n*b/8)], b = ceil(log2 m): index fields LSB first, field j at
  *                                     bit j*b of the row's bit stream. Kp = ceil(K/m)*m, padding is 0.
  *                                     The n largest |w| of a group are kept, ties to the lower index.
+ * haar_binary: salient_idx uint16 [S] ascending; salient_bits / salient_residual_bits uint8 [S, ceil(N/8)]
+ *         (column-major signs over the N rows, LSB first); salient_scales float16 [2, S]; bits uint8
+ *         [N, Kh/8] signs of the Haar-domain weights; scale_codes uint8 [N, Kh/G] with scale =
+ *         scale_base * 2^((code - 255) / 16), code 0 = 0; scale_base float32. The K - S other columns,
+ *         zero-padded to Kh = ceil((K - S) / 16) * 16, are transformed once per activation row:
+ *         h = [(u0 + u1) / sqrt2 ..., (u0 - u1) / sqrt2 ...] (low band, then high band).
+ * group_sparse: values float16 [N, r*g] (the r kept groups of g weights of each row, in index order);
+ *         group_idx uint16 [N, r] ascending group numbers (group q covers inputs q*g .. q*g+g-1);
+ *         Kp = ceil(K/g)*g, padding weights are 0.
  */
 #ifndef EDGEVLA_FORMATS_H
 #define EDGEVLA_FORMATS_H
@@ -56,6 +65,34 @@ typedef struct {
     const uint8_t *indices;   /* [out_features, ceil(padded_k / m * n * index_bits / 8)] */
     int32_t out_features, in_features, n, m;
 } evla_nm_matrix;
+
+/* ------------------------------------------------------------------------------------ haar_binary */
+#define EVLA_HAAR_BLOCK 16             /* the Haar-domain width is a multiple of this */
+#define EVLA_HAAR_CODE_STEPS 16        /* log-scale code steps per octave */
+
+typedef struct {
+    const uint16_t *salient_idx;            /* [salient], ascending, each < in_features */
+    const uint8_t *salient_bits;            /* [salient, ceil(out_features / 8)] */
+    const uint8_t *salient_residual_bits;   /* [salient, ceil(out_features / 8)] */
+    const uint16_t *salient_scales;         /* [2, salient] float16: first-pass, residual */
+    const uint8_t *bits;                    /* [out_features, haar_length / 8] */
+    const uint8_t *scale_codes;             /* [out_features, haar_length / group_size] */
+    float scale_base;                       /* the largest group scale of the layer */
+    int32_t out_features, in_features, salient, group_size;
+} evla_haar_matrix;
+
+/* Width of the Haar-domain plane for k - s non-salient inputs (at least one block). */
+static inline int32_t evla_haar_length(int32_t k, int32_t s) {
+    int32_t others = k - s > 1 ? k - s : 1;
+    return (others + EVLA_HAAR_BLOCK - 1) / EVLA_HAAR_BLOCK * EVLA_HAAR_BLOCK;
+}
+
+/* ----------------------------------------------------------------------------------- group_sparse */
+typedef struct {
+    const uint16_t *values;      /* [out_features, kept * group] float16 */
+    const uint16_t *group_idx;   /* [out_features, kept], ascending, each < ceil(in_features / group) */
+    int32_t out_features, in_features, group, kept;
+} evla_gs_matrix;
 
 /* ------------------------------------------------------------------------------------ helpers */
 static inline int32_t evla_padded_length(int32_t k, int32_t block) { return (k + block - 1) / block * block; }

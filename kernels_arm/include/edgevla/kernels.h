@@ -12,6 +12,9 @@
  *   evla_b1_gemm_i8    int8 activations (each row quantized on the fly: absmax / 127) x 1-bit weights
  *   evla_nm_gemm_f32   fp32 activations x N:M sparse weights (float16 values + packed indices)
  *   evla_bxb_gemm      binary activations (sign bits + one scale per row) x 1-bit weights: xor/popcount
+ *   evla_haar_gemm_f32 fp32 activations x haar_binary weights: the activations are Haar-transformed once,
+ *                      then one 1-bit product in the Haar domain plus the salient columns' rank-S update
+ *   evla_gs_gemm_f32   fp32 activations x group_sparse weights (float16 values of the kept groups)
  */
 #ifndef EDGEVLA_KERNELS_H
 #define EDGEVLA_KERNELS_H
@@ -26,6 +29,8 @@
 #define EVLA_ERR_ROWS (-2)     /* rows outside 1..EVLA_MAX_ROWS */
 #define EVLA_ERR_SHAPE (-3)    /* in/out features or group/n/m not a valid format shape */
 #define EVLA_ERR_LENGTH (-4)   /* a buffer length does not match the shape and the padding rule */
+#define EVLA_ERR_INDEX (-5)    /* a stored index points outside the matrix (corrupt or foreign weights) */
+#define EVLA_ERR_NOMEM (-6)    /* scratch memory could not be allocated */
 
 #define EVLA_MAX_ROWS 16
 
@@ -49,6 +54,19 @@ int evla_bxb_gemm(const uint8_t *xbits, const float *x_scales, int32_t rows, con
                   const evla_lengths *len);
 void evla_bxb_gemm_ref(const uint8_t *xbits, const float *x_scales, int32_t rows, const evla_b1_matrix *w, float *y);
 
+/* Lengths (in elements) of the haar_binary arrays, each checked against the shape. */
+typedef struct {
+    size_t x, y;                                     /* rows * K, rows * N */
+    size_t salient_idx, salient_bits, salient_residual_bits, salient_scales, bits, scale_codes;
+} evla_haar_lengths;
+
+/* Also checks that salient_idx is strictly ascending and inside K (EVLA_ERR_INDEX otherwise). */
+int evla_haar_gemm_f32(const float *x, int32_t rows, const evla_haar_matrix *w, float *y, const evla_haar_lengths *len);
+
+/* packed_a = float16 values (N * r * g), packed_b = group indices (N * r). Also checks every group index
+   (ascending, < ceil(K / g)) before computing (EVLA_ERR_INDEX otherwise). */
+int evla_gs_gemm_f32(const float *x, int32_t rows, const evla_gs_matrix *w, float *y, const evla_lengths *len);
+
 /* Flat forms for generated code (TVM call_extern): any number of rows (done 16 at a time), lengths derived
    from the shape, so they cannot disagree with it. Return EVLA_OK or the first error. */
 int evla_b1_gemm_f32_flat(const float *x, int32_t rows, const uint8_t *bits, const uint16_t *scales, int32_t n,
@@ -61,8 +79,31 @@ const char *evla_kernel_variant(void);
 /* 0: the best variant this CPU has; 1: the portable reference; 2: at most AVX2 (x86). For tests, benchmarks. */
 void evla_force_reference(int level);
 
+/* A 1-bit plane as the fp32 x 1-bit kernels read it: sign bits in the binary layout and one float32 scale
+   per group, decoded either from float16 (`binary`) or from 8-bit log codes through a 256-entry table (the
+   Haar-domain plane of `haar_binary`). Exactly one of scales / scale_codes is set. */
+typedef struct {
+    const uint8_t *bits;
+    const uint16_t *scales;       /* [out_features, groups] float16, or NULL */
+    const uint8_t *scale_codes;   /* [out_features, groups] log codes, or NULL */
+    const float *code_scales;     /* [256] code -> scale when scale_codes is set */
+    int32_t out_features, in_features, group_size;
+} evla_b1_plane;
+
+static inline evla_b1_plane evla_plane_of(const evla_b1_matrix *w) {
+    evla_b1_plane p = {w->bits, w->scales, NULL, NULL, w->out_features, w->in_features, w->group_size};
+    return p;
+}
+
+/* Scale of group gi of row j. */
+static inline float evla_plane_scale(const evla_b1_plane *p, int32_t j, int32_t groups, int32_t gi) {
+    size_t at = (size_t)j * groups + gi;
+    return p->scale_codes ? p->code_scales[p->scale_codes[at]] : evla_f16_to_f32(p->scales[at]);
+}
+
 /* The portable reference implementations (no argument checks: call through the entry points). */
-void evla_b1_gemm_f32_ref(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
+void evla_b1_gemm_f32_ref(const float *x, int32_t rows, const evla_b1_plane *w, float *y);
+void evla_gs_gemm_f32_ref(const float *x, int32_t rows, const evla_gs_matrix *w, float *y);
 void evla_b1_gemm_i8_ref(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_nm_gemm_f32_ref(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
 
@@ -76,6 +117,15 @@ void evla_quantize_rows_i8(const float *x, int32_t rows, int32_t k, int32_t g, i
 /* Sum of every group of g real activations (index < k) of every row: out [rows, ceil(k/g)]. */
 void evla_group_sums_f32(const float *x, int32_t rows, int32_t k, int32_t g, float *out);
 /* Sum over fields [f_begin, f_end) of one N:M row of value * x[column]; padding columns (>= k) are skipped. */
+/* 256-entry table of the haar_binary log-scale codes for one layer: out[code] = base * 2^((code-255)/16),
+   out[0] = 0 (computed in double, rounded once to float32). */
+void evla_haar_code_scales(float base, float out[256]);
+/* Haar transform of one activation row: gathers the non-salient inputs of x (salient_idx ascending) into
+   a zero-padded vector of haar_length and writes [low band, high band] to h. */
+void evla_haar_transform_row(const float *x, int32_t k, const uint16_t *salient_idx, int32_t salient,
+                             int32_t haar_length, float *h);
+/* The salient columns' part y[r, :] += sum_s x[r, idx_s] * (sc0_s * sign1(j, s) + sc1_s * sign2(j, s)). */
+void evla_haar_salient_update(const float *x, int32_t rows, const evla_haar_matrix *w, float *y);
 float evla_nm_dot_fields(const uint16_t *values, const uint8_t *indices, int32_t n, int32_t m, int32_t k,
                          const float *xr, int32_t f_begin, int32_t f_end);
 

@@ -37,7 +37,7 @@ static void init_tables(void) {
     done = 1;
 }
 
-void evla_b1_gemm_f32_neon(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
+void evla_b1_gemm_f32_neon(const float *x, int32_t rows, const evla_b1_plane *w, float *y) {
     init_tables();
     const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
     const int32_t row_bytes = evla_b1_row_bytes(k, g), groups = evla_b1_row_groups(k, g);
@@ -46,13 +46,12 @@ void evla_b1_gemm_f32_neon(const float *x, int32_t rows, const evla_b1_matrix *w
     evla_group_sums_f32(x, rows, k, g, gsum);
     for (int32_t j = 0; j < n; j++) {
         const uint8_t *bits = w->bits + (size_t)j * row_bytes;
-        const uint16_t *scales = w->scales + (size_t)j * groups;
         for (int32_t r = 0; r < rows; r++) {
             const float *xr = x + (size_t)r * k;
             float32x4_t total = vdupq_n_f32(0.0f);
             float tail = 0.0f, corr = 0.0f;
             for (int32_t gi = 0; gi < groups; gi++) {
-                const float scale = evla_f16_to_f32(scales[gi]);
+                const float scale = evla_plane_scale(w, j, groups, gi);
                 float32x4_t a = vdupq_n_f32(0.0f), b2 = vdupq_n_f32(0.0f);
                 const int32_t b_end = (gi + 1) * bytes_per_group < full_bytes ? (gi + 1) * bytes_per_group : full_bytes;
                 for (int32_t b = gi * bytes_per_group; b < b_end; b++) {
@@ -164,6 +163,36 @@ void evla_nm_m4_gemm_f32_neon(const float *x, int32_t rows, const evla_nm_matrix
             float s = vaddvq_f32(acc[r]);
             s += evla_nm_dot_fields(values, indices, keep, 4, k, x + (size_t)r * k, main_fields, fields);
             y[(size_t)r * n + j] = s;
+        }
+    }
+}
+#endif
+
+#if defined(__aarch64__)
+/* group_sparse (g a multiple of 4): four float16 values at a time widened with vcvt_f32_f16 and multiplied
+   into the matching activations; groups that run past K (the padded last group) are done in scalar code. */
+void evla_gs_gemm_f32_neon(const float *x, int32_t rows, const evla_gs_matrix *w, float *y) {
+    const int32_t k = w->in_features, g = w->group, kept = w->kept, n = w->out_features;
+    const int32_t whole_groups = k / g;
+    for (int32_t j = 0; j < n; j++) {
+        const uint16_t *values = w->values + (size_t)j * kept * g;
+        const uint16_t *idx = w->group_idx + (size_t)j * kept;
+        for (int32_t r = 0; r < rows; r++) {
+            const float *xr = x + (size_t)r * k;
+            float32x4_t acc = vdupq_n_f32(0.0f);
+            float tail = 0.0f;
+            for (int32_t i = 0; i < kept; i++) {
+                const int32_t q = idx[i];
+                const uint16_t *v = values + (size_t)i * g;
+                if (q < whole_groups) {
+                    for (int32_t t = 0; t < g; t += 4)
+                        acc = vfmaq_f32(acc, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(v + t))),
+                                        vld1q_f32(xr + (size_t)q * g + t));
+                } else {
+                    for (int32_t t = 0; t < g && q * g + t < k; t++) tail += evla_f16_to_f32(v[t]) * xr[q * g + t];
+                }
+            }
+            y[(size_t)r * n + j] = vaddvq_f32(acc) + tail;
         }
     }
 }

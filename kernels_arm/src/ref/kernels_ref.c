@@ -54,20 +54,19 @@ float evla_nm_dot_fields(const uint16_t *values, const uint8_t *indices, int32_t
     return acc;
 }
 
-void evla_b1_gemm_f32_ref(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
+void evla_b1_gemm_f32_ref(const float *x, int32_t rows, const evla_b1_plane *w, float *y) {
     const int32_t k = w->in_features, g = w->group_size;
     const int32_t row_bytes = evla_b1_row_bytes(k, g), groups = evla_b1_row_groups(k, g);
     for (int32_t r = 0; r < rows; r++) {
         const float *xr = x + (size_t)r * k;
         for (int32_t j = 0; j < w->out_features; j++) {
             const uint8_t *bits = w->bits + (size_t)j * row_bytes;
-            const uint16_t *scales = w->scales + (size_t)j * groups;
             float acc = 0.0f;
             for (int32_t gi = 0; gi < groups; gi++) {
                 float dot = 0.0f;
                 int32_t end = (gi + 1) * g < k ? (gi + 1) * g : k;
                 for (int32_t i = gi * g; i < end; i++) dot += evla_b1_sign_bit(bits, i) ? xr[i] : -xr[i];
-                acc += evla_f16_to_f32(scales[gi]) * dot;
+                acc += evla_plane_scale(w, j, groups, gi) * dot;
             }
             y[(size_t)r * w->out_features + j] = acc;
         }
@@ -126,6 +125,72 @@ void evla_bxb_gemm_ref(const uint8_t *xbits, const float *x_scales, int32_t rows
                 acc += evla_f16_to_f32(w->scales[(size_t)j * groups + gi]) * (float)(valid - 2 * differ);
             }
             y[(size_t)r * w->out_features + j] = x_scales[r] * acc;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------ haar_binary */
+void evla_haar_code_scales(float base, float out[256]) {
+    out[0] = 0.0f;
+    for (int code = 1; code < 256; code++)
+        out[code] = (float)((double)base * exp2((double)(code - 255) / EVLA_HAAR_CODE_STEPS));
+}
+
+void evla_haar_transform_row(const float *x, int32_t k, const uint16_t *salient_idx, int32_t salient,
+                             int32_t haar_length, float *h) {
+    const int32_t half = haar_length / 2;
+    const float inv_sqrt2 = 0.70710678118654752f;
+    int32_t next = 0, s = 0;  /* gather position, salient cursor */
+    float pair[2];
+    for (int32_t i = 0; i < k; i++) {
+        if (s < salient && salient_idx[s] == i) { s++; continue; }
+        pair[next & 1] = x[i];
+        if (next & 1) {
+            h[next / 2] = (pair[0] + pair[1]) * inv_sqrt2;
+            h[half + next / 2] = (pair[0] - pair[1]) * inv_sqrt2;
+        }
+        next++;
+    }
+    if (next & 1) {  /* odd count: the last pair is completed by a zero */
+        h[next / 2] = pair[0] * inv_sqrt2;
+        h[half + next / 2] = pair[0] * inv_sqrt2;
+        next++;
+    }
+    for (int32_t p = next / 2; p < half; p++) h[p] = h[half + p] = 0.0f;
+}
+
+void evla_haar_salient_update(const float *x, int32_t rows, const evla_haar_matrix *w, float *y) {
+    const int32_t n = w->out_features, k = w->in_features, col_bytes = (n + 7) / 8;
+    for (int32_t s = 0; s < w->salient; s++) {
+        const float a = evla_f16_to_f32(w->salient_scales[s]), b = evla_f16_to_f32(w->salient_scales[w->salient + s]);
+        const uint8_t *first = w->salient_bits + (size_t)s * col_bytes;
+        const uint8_t *second = w->salient_residual_bits + (size_t)s * col_bytes;
+        /* the four possible weights of this column: (sign1, sign2) -> +-a +-b */
+        const float value[4] = {-a - b, a - b, -a + b, a + b};
+        for (int32_t r = 0; r < rows; r++) {
+            const float xs = x[(size_t)r * k + w->salient_idx[s]];
+            float *yr = y + (size_t)r * n;
+            for (int32_t j = 0; j < n; j++)
+                yr[j] += xs * value[evla_b1_sign_bit(first, j) | (evla_b1_sign_bit(second, j) << 1)];
+        }
+    }
+}
+
+/* ----------------------------------------------------------------------------------- group_sparse */
+void evla_gs_gemm_f32_ref(const float *x, int32_t rows, const evla_gs_matrix *w, float *y) {
+    const int32_t k = w->in_features, g = w->group, kept = w->kept, n = w->out_features;
+    for (int32_t r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * k;
+        for (int32_t j = 0; j < n; j++) {
+            const uint16_t *values = w->values + (size_t)j * kept * g;
+            const uint16_t *idx = w->group_idx + (size_t)j * kept;
+            float acc = 0.0f;
+            for (int32_t i = 0; i < kept; i++)
+                for (int32_t t = 0; t < g; t++) {
+                    const int32_t col = idx[i] * g + t;
+                    if (col < k) acc += evla_f16_to_f32(values[i * g + t]) * xr[col];
+                }
+            y[(size_t)r * n + j] = acc;
         }
     }
 }

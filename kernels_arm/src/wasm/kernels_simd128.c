@@ -17,7 +17,7 @@ static void init_tables(void) {
     done = 1;
 }
 
-void evla_b1_gemm_f32_simd128(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
+void evla_b1_gemm_f32_simd128(const float *x, int32_t rows, const evla_b1_plane *w, float *y) {
     init_tables();
     const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
     const int32_t row_bytes = evla_b1_row_bytes(k, g), groups = evla_b1_row_groups(k, g);
@@ -26,11 +26,10 @@ void evla_b1_gemm_f32_simd128(const float *x, int32_t rows, const evla_b1_matrix
         const float *xr = x + (size_t)r * k;
         for (int32_t j = 0; j < n; j++) {
             const uint8_t *bits = w->bits + (size_t)j * row_bytes;
-            const uint16_t *scales = w->scales + (size_t)j * groups;
             v128_t total = wasm_f32x4_splat(0.0f);
             float tail = 0.0f;
             for (int32_t gi = 0; gi < groups; gi++) {
-                const float scale = evla_f16_to_f32(scales[gi]);
+                const float scale = evla_plane_scale(w, j, groups, gi);
                 v128_t a = wasm_f32x4_splat(0.0f);
                 const int32_t b_start = gi * bytes_per_group;
                 const int32_t b_end = b_start + bytes_per_group < full_bytes ? b_start + bytes_per_group : full_bytes;

@@ -32,6 +32,15 @@ static void scales_to_f32(const uint16_t *h, int32_t count, float *out) {
     for (; i < count; i++) out[i] = evla_f16_to_f32(h[i]);
 }
 
+/* group scales of row j of a plane as float32 */
+static void row_scales(const evla_b1_plane *w, int32_t j, int32_t groups, float *out) {
+    if (w->scales) {
+        scales_to_f32(w->scales + (size_t)j * groups, groups, out);
+    } else {
+        for (int32_t gi = 0; gi < groups; gi++) out[gi] = evla_plane_scale(w, j, groups, gi);
+    }
+}
+
 static inline float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -39,7 +48,7 @@ static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-void evla_b1_gemm_f32_avx2(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
+void evla_b1_gemm_f32_avx2(const float *x, int32_t rows, const evla_b1_plane *w, float *y) {
     init_tables();
     const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
     const int32_t row_bytes = evla_b1_row_bytes(k, g), groups = evla_b1_row_groups(k, g);
@@ -53,12 +62,8 @@ void evla_b1_gemm_f32_avx2(const float *x, int32_t rows, const evla_b1_matrix *w
             const uint8_t *b0 = w->bits + (size_t)j0 * row_bytes;
             const uint8_t *b1 = b0 + (nj > 1 ? row_bytes : 0), *b2 = b0 + (nj > 2 ? 2 * row_bytes : 0),
                           *b3 = b0 + (nj > 3 ? 3 * row_bytes : 0);
-            const uint16_t *s0 = w->scales + (size_t)j0 * groups;
-            const uint16_t *s1 = s0 + (nj > 1 ? groups : 0), *s2 = s0 + (nj > 2 ? 2 * groups : 0),
-                           *s3 = s0 + (nj > 3 ? 3 * groups : 0);
             float sc[4][groups];
-            scales_to_f32(s0, groups, sc[0]); scales_to_f32(s1, groups, sc[1]);
-            scales_to_f32(s2, groups, sc[2]); scales_to_f32(s3, groups, sc[3]);
+            for (int32_t q = 0; q < 4; q++) row_scales(w, j0 + (q < nj ? q : 0), groups, sc[q]);
             __m256 t0 = _mm256_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
             float tail[4] = {0, 0, 0, 0};
             for (int32_t gi = 0; gi < groups; gi++) {
@@ -234,6 +239,40 @@ void evla_nm14_gemm_f32_avx2(const float *x, int32_t rows, const evla_nm_matrix 
             float s = hsum256(acc[r]);
             s += evla_nm_dot_fields(values, indices, 1, 4, k, x + (size_t)r * k, main_fields, fields);
             y[(size_t)r * n + j] = s;
+        }
+    }
+}
+
+/* group_sparse (g a multiple of 4): each kept group is g consecutive activations times g float16 values
+   (F16C); groups that run past K (the padded last group) are done in scalar code. */
+void evla_gs_gemm_f32_avx2(const float *x, int32_t rows, const evla_gs_matrix *w, float *y) {
+    const int32_t k = w->in_features, g = w->group, kept = w->kept, n = w->out_features;
+    const int32_t whole_groups = k / g;  /* groups q < whole_groups lie entirely inside K */
+    for (int32_t j = 0; j < n; j++) {
+        const uint16_t *values = w->values + (size_t)j * kept * g;
+        const uint16_t *idx = w->group_idx + (size_t)j * kept;
+        for (int32_t r = 0; r < rows; r++) {
+            const float *xr = x + (size_t)r * k;
+            __m256 wide = _mm256_setzero_ps();
+            __m128 narrow = _mm_setzero_ps();
+            float tail = 0.0f;
+            for (int32_t i = 0; i < kept; i++) {
+                const int32_t q = idx[i];
+                const uint16_t *v = values + (size_t)i * g;
+                if (q < whole_groups) {
+                    const float *xq = xr + (size_t)q * g;
+                    int32_t t = 0;
+                    for (; t + 8 <= g; t += 8)
+                        wide = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + t))),
+                                               _mm256_loadu_ps(xq + t), wide);
+                    for (; t < g; t += 4)
+                        narrow = _mm_fmadd_ps(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(v + t))),
+                                              _mm_loadu_ps(xq + t), narrow);
+                } else {
+                    for (int32_t t = 0; t < g && q * g + t < k; t++) tail += evla_f16_to_f32(v[t]) * xr[q * g + t];
+                }
+            }
+            y[(size_t)r * n + j] = hsum256(_mm256_add_ps(wide, _mm256_set_m128(_mm_setzero_ps(), narrow))) + tail;
         }
     }
 }

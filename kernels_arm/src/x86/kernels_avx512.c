@@ -30,18 +30,22 @@ static float dot_f32(const float *a, const float *b, int32_t count) {
 }
 
 /* Four output rows j0.. (the last block repeats row j0 where n runs out): their bit rows, and their group
-   scales converted to float32. */
-static void load_block(const evla_b1_matrix *w, int32_t j0, int32_t nj, int32_t groups, const uint8_t *b[4],
+   scales as float32 (float16 converted 16 at a time, or log codes through the plane's table). */
+static void load_block(const evla_b1_plane *w, int32_t j0, int32_t nj, int32_t groups, const uint8_t *b[4],
                        float sc[4][groups]) {
     const int32_t row_bytes = evla_b1_row_bytes(w->in_features, w->group_size);
     for (int32_t q = 0; q < 4; q++) {
         const int32_t jq = j0 + (q < nj ? q : 0);
         b[q] = w->bits + (size_t)jq * row_bytes;
-        scales_to_f32(w->scales + (size_t)jq * groups, groups, sc[q]);
+        if (w->scales) {
+            scales_to_f32(w->scales + (size_t)jq * groups, groups, sc[q]);
+        } else {
+            for (int32_t gi = 0; gi < groups; gi++) sc[q][gi] = evla_plane_scale(w, jq, groups, gi);
+        }
     }
 }
 
-void evla_b1_gemm_f32_avx512(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
+void evla_b1_gemm_f32_avx512(const float *x, int32_t rows, const evla_b1_plane *w, float *y) {
     const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
     const int32_t groups = evla_b1_row_groups(k, g);
     const int32_t full_pairs = k / 16, pairs_per_group = g / 16;  /* a pair of bytes = 16 weights = one zmm */
@@ -96,12 +100,13 @@ void evla_b1_gemm_i8_avx512(const float *x, int32_t rows, const evla_b1_matrix *
     float *scale_all = malloc(sizeof(float) * (size_t)rows);
     float *gsum_all = malloc(sizeof(float) * (size_t)rows * groups);
     const __m512i ones = _mm512_set1_epi8(1);
+    const evla_b1_plane plane = evla_plane_of(w);
     evla_quantize_rows_i8(x, rows, k, g, q_all, scale_all, gsum_all);
     for (int32_t j0 = 0; j0 < n; j0 += 4) {  /* weights outer: each block's scales converted once for all rows */
         const int32_t nj = n - j0 < 4 ? n - j0 : 4;
         const uint8_t *b[4];
         float sc[4][groups];
-        load_block(w, j0, nj, groups, b, sc);
+        load_block(&plane, j0, nj, groups, b, sc);
         for (int32_t r = 0; r < rows; r++) {
             const int8_t *q = q_all + (size_t)r * kp;
             const float scale_x = scale_all[r];
