@@ -176,8 +176,9 @@ def _compress_to_budget(model, targets, kept, calibration, device, *, candidates
                         bits_per_weight=None, cost_table=None, budget_seconds=None) -> Compressed:
     """ROCKET-style allocation: every candidate (method, options) is applied to every layer with the same
     (uncompressed-model) statistics; a multiple-choice knapsack then picks one candidate per layer that
-    minimises the summed calibration NMSE under the byte budget (or the latency budget, from a cost table
-    of seconds per weight for each format, such as `edgevla bench kernels` measures)."""
+    minimises the summed calibration NMSE under the byte budget (or the latency budget in seconds per
+    inference, from a per-target kernel cost table that `edgevla bench kernels --cost-table FILE` writes)."""
+    from .cost_table import CostTable
     from .methods import DEFAULT_BUDGET_CANDIDATES, solve_multiple_choice_knapsack
 
     candidates = list(candidates or DEFAULT_BUDGET_CANDIDATES)
@@ -186,7 +187,9 @@ def _compress_to_budget(model, targets, kept, calibration, device, *, candidates
         raise ValueError("budget needs exactly one of budget_bytes, bits_per_weight (average over the "
                          "compressed layers) or budget_seconds (with cost_table)")
     if budget_seconds is not None and not cost_table:
-        raise ValueError("budget_seconds needs cost_table={format name: seconds per weight}")
+        raise ValueError("budget_seconds needs cost_table= (a file written by `edgevla bench kernels --cost-table "
+                         "FILE`, its JSON, or a CostTable)")
+    table = CostTable.load(cost_table) if budget_seconds is not None else None
     for cand_method, cand_options in candidates:
         if cand_method not in METHODS or cand_method == "budget":
             raise ValueError(f"budget candidate {cand_method!r} is not a compression method; known: {sorted(METHODS)}")
@@ -213,10 +216,8 @@ def _compress_to_budget(model, targets, kept, calibration, device, *, candidates
             except ValueError:
                 continue  # e.g. hbvla cannot meet its own bit budget on this shape: not a choice here
             error = _output_error(plain, weight, packed, layer)
-            if budget_seconds is not None:
-                if packed.format not in cost_table:
-                    raise ValueError(f"cost_table has no entry for format {packed.format!r}")
-                cost = cost_table[packed.format] * weight.numel()
+            if table is not None:
+                cost = table.seconds(packed)
             else:
                 cost = packed.nbytes
             layer_options.append((cand_method, packed, error))

@@ -210,7 +210,8 @@ def _bench(args) -> int:
     if args.suite == "kernels":
         from .bench.kernels import run_kernel_bench
 
-        run_kernel_bench(json_path=Path(args.json) if args.json else None)
+        run_kernel_bench(json_path=Path(args.json) if args.json else None,
+                         cost_table_path=Path(args.cost_table) if args.cost_table else None)
     if args.suite == "compile":
         from .bench.compile_speed import run_compile_speed
 
@@ -249,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "on first use, ~50 minutes on 2 cores; with the reference training recipe it reaches only "
                         "8%% fp32 closed-loop success, so its rows do not yet compare methods)")
     p.add_argument("--json", help="also write the rows as JSON to this file")
+    p.add_argument("--cost-table", help="kernels: also write this machine's kernel cost table (JSON) for the "
+                                        "budget method's latency budget (compress(..., 'budget', budget_seconds=..., "
+                                        "cost_table=FILE))")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_bench)
 
