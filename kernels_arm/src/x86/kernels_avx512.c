@@ -45,10 +45,49 @@ static void load_block(const evla_b1_plane *w, int32_t j0, int32_t nj, int32_t g
     }
 }
 
+/* One block of four output rows against R (1 or 2) activation rows: every 16 weights of a weight row are
+   one mask (loaded straight from memory into a mask register, no general-register round trip) applied to
+   R activation vectors, so the masks are shared by the batch rows. Written for constant R and inlined. */
+static inline __attribute__((always_inline)) void b1_f32_block(const float *x, int32_t k, int32_t g,
+                                                               int32_t groups, const uint8_t *b[4],
+                                                               float sc[4][groups], const float *gsum, const int R,
+                                                               float out[2][4]) {
+    const int32_t full_pairs = k / 16, pairs_per_group = g / 16;  /* a pair of bytes = 16 weights = one zmm */
+    __m512 t[2][4];
+    float tail[2][4] = {{0}};
+    for (int rr = 0; rr < R; rr++)
+        for (int q = 0; q < 4; q++) t[rr][q] = _mm512_setzero_ps();
+    for (int32_t gi = 0; gi < groups; gi++) {
+        __m512 a[2][4];
+        for (int rr = 0; rr < R; rr++)
+            for (int q = 0; q < 4; q++) a[rr][q] = _mm512_setzero_ps();
+        const int32_t p_start = gi * pairs_per_group;
+        const int32_t p_end = p_start + pairs_per_group < full_pairs ? p_start + pairs_per_group : full_pairs;
+        for (int32_t p = p_start; p < p_end; p++) {
+            __mmask16 m[4];
+            for (int q = 0; q < 4; q++) m[q] = _load_mask16((__mmask16 *)(b[q] + 2 * p));
+            for (int rr = 0; rr < R; rr++) {
+                const __m512 xv = _mm512_loadu_ps(x + (size_t)rr * k + 16 * p);
+                for (int q = 0; q < 4; q++) a[rr][q] = _mm512_mask_add_ps(a[rr][q], m[q], a[rr][q], xv);
+            }
+        }
+        for (int32_t i = (p_end > p_start ? p_end : p_start) * 16; i < (gi + 1) * g && i < k; i++)
+            for (int rr = 0; rr < R; rr++)
+                for (int q = 0; q < 4; q++)
+                    if (evla_b1_sign_bit(b[q], i)) tail[rr][q] += 2.0f * sc[q][gi] * x[(size_t)rr * k + i];
+        for (int q = 0; q < 4; q++) {
+            const __m512 s2 = _mm512_set1_ps(2.0f * sc[q][gi]);
+            for (int rr = 0; rr < R; rr++) t[rr][q] = _mm512_fmadd_ps(a[rr][q], s2, t[rr][q]);
+        }
+    }
+    for (int rr = 0; rr < R; rr++)
+        for (int q = 0; q < 4; q++)
+            out[rr][q] = _mm512_reduce_add_ps(t[rr][q]) + tail[rr][q] - dot_f32(sc[q], gsum + (size_t)rr * groups, groups);
+}
+
 void evla_b1_gemm_f32_avx512(const float *x, int32_t rows, const evla_b1_plane *w, float *y) {
     const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
     const int32_t groups = evla_b1_row_groups(k, g);
-    const int32_t full_pairs = k / 16, pairs_per_group = g / 16;  /* a pair of bytes = 16 weights = one zmm */
     float *gsum_all = malloc(sizeof(float) * (size_t)rows * groups);
     evla_group_sums_f32(x, rows, k, g, gsum_all);
     for (int32_t j0 = 0; j0 < n; j0 += 4) {  /* weights outer: each block's scales converted once for all rows */
@@ -56,37 +95,13 @@ void evla_b1_gemm_f32_avx512(const float *x, int32_t rows, const evla_b1_plane *
         const uint8_t *b[4];
         float sc[4][groups];
         load_block(w, j0, nj, groups, b, sc);
-        for (int32_t r = 0; r < rows; r++) {
-            const float *xr = x + (size_t)r * k;
-            const float *gsum = gsum_all + (size_t)r * groups;
-            __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
-            float tail[4] = {0, 0, 0, 0};
-            for (int32_t gi = 0; gi < groups; gi++) {
-                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-                const int32_t p_start = gi * pairs_per_group;
-                const int32_t p_end = p_start + pairs_per_group < full_pairs ? p_start + pairs_per_group : full_pairs;
-                for (int32_t p = p_start; p < p_end; p++) {
-                    const __m512 xv = _mm512_loadu_ps(xr + 16 * p);
-                    uint16_t m0, m1, m2, m3;
-                    memcpy(&m0, b[0] + 2 * p, 2); memcpy(&m1, b[1] + 2 * p, 2);
-                    memcpy(&m2, b[2] + 2 * p, 2); memcpy(&m3, b[3] + 2 * p, 2);
-                    a0 = _mm512_mask_add_ps(a0, m0, a0, xv); a1 = _mm512_mask_add_ps(a1, m1, a1, xv);
-                    a2 = _mm512_mask_add_ps(a2, m2, a2, xv); a3 = _mm512_mask_add_ps(a3, m3, a3, xv);
-                }
-                for (int32_t i = (p_end > p_start ? p_end : p_start) * 16; i < (gi + 1) * g && i < k; i++)
-                    for (int32_t q = 0; q < 4; q++)
-                        if (evla_b1_sign_bit(b[q], i)) tail[q] += 2.0f * sc[q][gi] * xr[i];
-                t0 = _mm512_fmadd_ps(a0, _mm512_set1_ps(2.0f * sc[0][gi]), t0);
-                t1 = _mm512_fmadd_ps(a1, _mm512_set1_ps(2.0f * sc[1][gi]), t1);
-                t2 = _mm512_fmadd_ps(a2, _mm512_set1_ps(2.0f * sc[2][gi]), t2);
-                t3 = _mm512_fmadd_ps(a3, _mm512_set1_ps(2.0f * sc[3][gi]), t3);
-            }
-            const float out[4] = {
-                _mm512_reduce_add_ps(t0) + tail[0] - dot_f32(sc[0], gsum, groups),
-                _mm512_reduce_add_ps(t1) + tail[1] - dot_f32(sc[1], gsum, groups),
-                _mm512_reduce_add_ps(t2) + tail[2] - dot_f32(sc[2], gsum, groups),
-                _mm512_reduce_add_ps(t3) + tail[3] - dot_f32(sc[3], gsum, groups)};
-            for (int32_t q = 0; q < nj; q++) y[(size_t)r * n + j0 + q] = out[q];
+        for (int32_t r = 0; r < rows; r += 2) {
+            float out[2][4];
+            const int pair = r + 1 < rows;
+            if (pair) b1_f32_block(x + (size_t)r * k, k, g, groups, b, sc, gsum_all + (size_t)r * groups, 2, out);
+            else b1_f32_block(x + (size_t)r * k, k, g, groups, b, sc, gsum_all + (size_t)r * groups, 1, out);
+            for (int rr = 0; rr <= pair; rr++)
+                for (int32_t q = 0; q < nj; q++) y[(size_t)(r + rr) * n + j0 + q] = out[rr][q];
         }
     }
     free(gsum_all);
