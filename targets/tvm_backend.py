@@ -40,7 +40,7 @@ def _constant_array(expr, what: str) -> np.ndarray:
 
 
 # Formats that can call a linked kernels_arm C kernel instead of their TIR kernel (set per import).
-C_KERNEL_FORMATS = ("binary", "nm")
+C_KERNEL_FORMATS = ("binary", "nm", "haar_binary", "group_sparse")
 _use_c_kernels = False
 
 
@@ -52,6 +52,11 @@ def _kernel_for(format_name: str, rows: int, attrs: dict, arrays: list[np.ndarra
         return tvm_kernels.extern_binary_matmul(rows, n, k, attrs["group_size"]), []
     if _use_c_kernels and format_name == "nm":
         return tvm_kernels.extern_nm_matmul(rows, n, k, attrs["n"], attrs["m"], arrays[1].shape[1]), []
+    if _use_c_kernels and format_name == "haar_binary":
+        return tvm_kernels.extern_haar_binary_matmul(rows, n, k, attrs["salient"], attrs["group_size"],
+                                                     arrays[4].shape[1] * 8), []
+    if _use_c_kernels and format_name == "group_sparse":
+        return tvm_kernels.extern_group_sparse_matmul(rows, n, k, attrs["group"], attrs["kept"]), []
     if format_name == "binary":
         return tvm_kernels.binary_matmul_kernel(rows, n, k, attrs["group_size"]), []
     if format_name == "nm":

@@ -332,3 +332,38 @@ def extern_nm_matmul(rows: int, out_features: int, in_features: int, n: int, m: 
         T.evaluate(T.call_extern("int32", "evla_nm_gemm_f32_flat", X.data, mm, V.data, I.data, nn, k, n, m, Y.data))
 
     return nm_matmul_c
+
+
+def extern_haar_binary_matmul(rows: int, out_features: int, in_features: int, salient: int, group_size: int,
+                              haar_length: int):
+    """Y = X @ W.T for haar_binary through the linked C kernel (activations Haar-transformed once per row
+    inside it); the signature of `haar_binary_matmul_kernel` without its `others` input."""
+    mm, nn, k, sal, g, kh = rows, out_features, in_features, salient, group_size, haar_length
+    column_bytes = (nn + 7) // 8
+    sal1 = max(sal, 1)  # zero-sized arrays arrive as one dummy element (the kernel reads none of it)
+
+    @T.prim_func(private=True)
+    def haar_binary_matmul_c(X: T.Buffer((mm, k), "float32"), SI: T.Buffer((sal1,), "uint16"),
+                             S1: T.Buffer((sal1, column_bytes), "uint8"),
+                             S2: T.Buffer((sal1, column_bytes), "uint8"),
+                             SS: T.Buffer((2, sal1), "float16"), B: T.Buffer((nn, kh // 8), "uint8"),
+                             C: T.Buffer((nn, kh // g), "uint8"), BASE: T.Buffer((1,), "float32"),
+                             Y: T.Buffer((mm, nn), "float32")):
+        T.func_attr({"tir.noalias": True})
+        T.evaluate(T.call_extern("int32", "evla_haar_gemm_f32_flat", X.data, mm, SI.data, S1.data, S2.data, SS.data,
+                                 B.data, C.data, BASE.data, nn, k, sal, g, Y.data))
+
+    return haar_binary_matmul_c
+
+
+def extern_group_sparse_matmul(rows: int, out_features: int, in_features: int, group: int, kept: int):
+    """Y = X @ W.T for group_sparse through the linked C kernel; same signature as the TIR kernel."""
+    mm, nn, k, g, r = rows, out_features, in_features, group, kept
+
+    @T.prim_func(private=True)
+    def group_sparse_matmul_c(X: T.Buffer((mm, k), "float32"), V: T.Buffer((nn, r * g), "float16"),
+                              GI: T.Buffer((nn, r), "uint16"), Y: T.Buffer((mm, nn), "float32")):
+        T.func_attr({"tir.noalias": True})
+        T.evaluate(T.call_extern("int32", "evla_gs_gemm_f32_flat", X.data, mm, V.data, GI.data, nn, k, g, r, Y.data))
+
+    return group_sparse_matmul_c

@@ -100,7 +100,7 @@ def exported_layer(tmp_path, case, n, k):
         return path, packed, x.numpy(), model(x).numpy()
 
 
-@pytest.mark.parametrize("case", ["binary", "nm", "nm_1_4", "nm_4_8"])
+@pytest.mark.parametrize("case", ["binary", "nm", "nm_1_4", "nm_4_8", "haar_binary", "group_sparse"])
 @pytest.mark.parametrize("n,k", SHAPES)
 def test_tvm_host_with_linked_c_kernels(tmp_path, case, n, k):
     """The same layers through TVM calling the kernels_arm C kernels (call_extern), against torch eager."""

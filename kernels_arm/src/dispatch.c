@@ -18,6 +18,7 @@ void evla_gs_gemm_f32_avx2(const float *x, int32_t rows, const evla_gs_matrix *w
 #if defined(__aarch64__) || defined(__ARM_NEON)
 void evla_b1_gemm_f32_neon(const float *x, int32_t rows, const evla_b1_plane *w, float *y);
 void evla_b1_gemm_i8_neon(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
+void evla_bxb_gemm_neon(const uint8_t *xbits, const float *x_scales, int32_t rows, const evla_b1_matrix *w, float *y);
 #endif
 #if defined(__aarch64__)
 #include <sys/auxv.h>
@@ -31,6 +32,7 @@ void evla_gs_gemm_f32_neon(const float *x, int32_t rows, const evla_gs_matrix *w
 
 #if defined(__wasm_simd128__)
 void evla_b1_gemm_f32_simd128(const float *x, int32_t rows, const evla_b1_plane *w, float *y);
+void evla_b1_gemm_i8_simd128(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 #endif
 
 static int force_reference = 0;  /* 0: best variant, 1: portable reference, 2: at most AVX2 */
@@ -159,6 +161,9 @@ int evla_b1_gemm_i8(const float *x, int32_t rows, const evla_b1_matrix *w, float
 #if defined(__aarch64__) || defined(__ARM_NEON)
     if (use_neon() && w->group_size % 16 == 0) { evla_b1_gemm_i8_neon(x, rows, w, y); return EVLA_OK; }
 #endif
+#if defined(__wasm_simd128__)
+    if (use_simd128() && w->group_size % 16 == 0) { evla_b1_gemm_i8_simd128(x, rows, w, y); return EVLA_OK; }
+#endif
     evla_b1_gemm_i8_ref(x, rows, w, y);
     return EVLA_OK;
 }
@@ -227,6 +232,9 @@ int evla_bxb_gemm(const uint8_t *xbits, const float *x_scales, int32_t rows, con
         return EVLA_OK;
     }
 #endif
+#if defined(__aarch64__) || defined(__ARM_NEON)
+    if (use_neon()) { evla_bxb_gemm_neon(xbits, x_scales, rows, w, y); return EVLA_OK; }
+#endif
     evla_bxb_gemm_ref(xbits, x_scales, rows, w, y);
     return EVLA_OK;
 }
@@ -283,5 +291,39 @@ int evla_gs_gemm_f32(const float *x, int32_t rows, const evla_gs_matrix *w, floa
     if (use_neon() && g % 4 == 0) { evla_gs_gemm_f32_neon(x, rows, w, y); return EVLA_OK; }
 #endif
     evla_gs_gemm_f32_ref(x, rows, w, y);
+    return EVLA_OK;
+}
+
+int evla_haar_gemm_f32_flat(const float *x, int32_t rows, const uint16_t *salient_idx, const uint8_t *salient_bits,
+                            const uint8_t *salient_residual_bits, const uint16_t *salient_scales,
+                            const uint8_t *bits, const uint8_t *scale_codes, const float *scale_base, int32_t n,
+                            int32_t k, int32_t salient, int32_t group, float *y) {
+    if (!scale_base) return EVLA_ERR_NULL;
+    if (k < 1 || n < 1 || rows < 1 || salient < 0 || salient > k || group < 8 || group % 8) return EVLA_ERR_SHAPE;
+    const evla_haar_matrix w = {salient_idx, salient_bits, salient_residual_bits, salient_scales, bits, scale_codes,
+                                *scale_base, n, k, salient, group};
+    const int32_t kh = evla_haar_length(k, salient);
+    const size_t col_bytes = (size_t)(n + 7) / 8;
+    for (int32_t r0 = 0; r0 < rows; r0 += EVLA_MAX_ROWS) {
+        const int32_t chunk = rows - r0 < EVLA_MAX_ROWS ? rows - r0 : EVLA_MAX_ROWS;
+        const evla_haar_lengths len = {(size_t)chunk * k, (size_t)chunk * n, (size_t)salient,
+                                       (size_t)salient * col_bytes, (size_t)salient * col_bytes, 2 * (size_t)salient,
+                                       (size_t)n * (kh / 8), (size_t)n * (kh / group)};
+        int status = evla_haar_gemm_f32(x + (size_t)r0 * k, chunk, &w, y + (size_t)r0 * n, &len);
+        if (status) return status;
+    }
+    return EVLA_OK;
+}
+
+int evla_gs_gemm_f32_flat(const float *x, int32_t rows, const uint16_t *values, const uint16_t *group_idx, int32_t n,
+                          int32_t k, int32_t group, int32_t kept, float *y) {
+    if (k < 1 || n < 1 || rows < 1 || group < 1 || kept < 0) return EVLA_ERR_SHAPE;
+    const evla_gs_matrix w = {values, group_idx, n, k, group, kept};
+    for (int32_t r0 = 0; r0 < rows; r0 += EVLA_MAX_ROWS) {
+        const int32_t chunk = rows - r0 < EVLA_MAX_ROWS ? rows - r0 : EVLA_MAX_ROWS;
+        const evla_lengths len = {(size_t)chunk * k, (size_t)n * kept * group, (size_t)n * kept, (size_t)chunk * n};
+        int status = evla_gs_gemm_f32(x + (size_t)r0 * k, chunk, &w, y + (size_t)r0 * n, &len);
+        if (status) return status;
+    }
     return EVLA_OK;
 }

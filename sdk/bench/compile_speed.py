@@ -18,7 +18,7 @@ from pathlib import Path
 from .timing import median_ms_interleaved
 
 VARIANTS = [("1-bit sign", "sign", {"group_size": 64}, "c"), ("1-bit sign", "sign", {"group_size": 64}, "tir"),
-            ("1-bit hbvla", "hbvla", {}, "tir"), ("2:4 nm", "nm", {"n": 2, "m": 4}, "c"),
+            ("1-bit hbvla", "hbvla", {}, "c"), ("1-bit hbvla", "hbvla", {}, "tir"), ("2:4 nm", "nm", {"n": 2, "m": 4}, "c"),
             ("2:4 nm", "nm", {"n": 2, "m": 4}, "tir")]
 
 

@@ -74,6 +74,13 @@ int evla_b1_gemm_f32_flat(const float *x, int32_t rows, const uint8_t *bits, con
 int evla_nm_gemm_f32_flat(const float *x, int32_t rows, const uint16_t *values, const uint8_t *indices, int32_t n,
                           int32_t k, int32_t keep, int32_t m, float *y);
 
+int evla_haar_gemm_f32_flat(const float *x, int32_t rows, const uint16_t *salient_idx, const uint8_t *salient_bits,
+                            const uint8_t *salient_residual_bits, const uint16_t *salient_scales,
+                            const uint8_t *bits, const uint8_t *scale_codes, const float *scale_base, int32_t n,
+                            int32_t k, int32_t salient, int32_t group, float *y);
+int evla_gs_gemm_f32_flat(const float *x, int32_t rows, const uint16_t *values, const uint16_t *group_idx, int32_t n,
+                          int32_t k, int32_t group, int32_t kept, float *y);
+
 /* Which implementation the entry points above use on this CPU ("ref", "avx2", "avx512", "neon", "simd128"). */
 const char *evla_kernel_variant(void);
 /* 0: the best variant this CPU has; 1: the portable reference; 2: at most AVX2 (x86). For tests, benchmarks. */

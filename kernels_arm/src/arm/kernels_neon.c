@@ -197,3 +197,36 @@ void evla_gs_gemm_f32_neon(const float *x, int32_t rows, const evla_gs_matrix *w
     }
 }
 #endif
+
+/* Binary x binary (aarch64 and armv7): XOR of activation and weight sign bytes, vcnt per byte, pairwise
+   widening adds; per group valid - 2 * popcount, times the float16 scale; times the row's activation scale. */
+void evla_bxb_gemm_neon(const uint8_t *xbits, const float *x_scales, int32_t rows, const evla_b1_matrix *w,
+                        float *y) {
+    const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
+    const int32_t row_bytes = evla_b1_row_bytes(k, g), groups = evla_b1_row_groups(k, g), group_bytes = g / 8;
+    for (int32_t j = 0; j < n; j++) {
+        const uint8_t *bits = w->bits + (size_t)j * row_bytes;
+        const uint16_t *scales = w->scales + (size_t)j * groups;
+        for (int32_t r = 0; r < rows; r++) {
+            const uint8_t *xr = xbits + (size_t)r * row_bytes;
+            float acc = 0.0f;
+            for (int32_t gi = 0; gi < groups; gi++) {
+                const int32_t start = gi * group_bytes, end = start + group_bytes;
+                uint16x8_t counts = vdupq_n_u16(0);
+                int32_t b = start;
+                for (; b + 16 <= end; b += 16)
+                    counts = vpadalq_u8(counts, vcntq_u8(veorq_u8(vld1q_u8(xr + b), vld1q_u8(bits + b))));
+                uint64x2_t total = vpaddlq_u32(vpaddlq_u16(counts));
+                int32_t differ = (int32_t)(vgetq_lane_u64(total, 0) + vgetq_lane_u64(total, 1));
+                for (; b + 8 <= end; b += 8) {
+                    const uint64x1_t c = vpaddl_u32(vpaddl_u16(vpaddl_u8(vcnt_u8(veor_u8(vld1_u8(xr + b), vld1_u8(bits + b))))));
+                    differ += (int32_t)vget_lane_u64(c, 0);
+                }
+                for (; b < end; b++) differ += __builtin_popcount((unsigned)(xr[b] ^ bits[b]));
+                const int32_t valid = (gi + 1) * g <= k ? g : k - gi * g;
+                acc += evla_f16_to_f32(scales[gi]) * (float)(valid - 2 * differ);
+            }
+            y[(size_t)r * n + j] = x_scales[r] * acc;
+        }
+    }
+}

@@ -1,8 +1,10 @@
 /* WebAssembly SIMD128 variant (compiled with -msimd128; chosen at build time).
  *
  * fp32 x 1-bit: a 256-entry table turns each weight byte into eight +-1.0 lanes (two f32x4), so each byte
- * costs two multiply-adds; the float16 group scale is applied once per group. int8 and N:M use the reference.
+ * costs two multiply-adds; the float16 group scale is applied once per group. int8 x 1-bit: see below. N:M, binary x binary and
+ * group-sparse use the reference.
  */
+#include <stdlib.h>
 #include <wasm_simd128.h>
 
 #include "edgevla/kernels.h"
@@ -46,4 +48,45 @@ void evla_b1_gemm_f32_simd128(const float *x, int32_t rows, const evla_b1_plane 
                                    wasm_f32x4_extract_lane(total, 2) + wasm_f32x4_extract_lane(total, 3) + tail;
         }
     }
+}
+
+/* int8 x 1-bit (group size a multiple of 16): 16 sign bits become a 16-byte lane mask (splat the two bytes,
+   swizzle each to eight lanes, test one bit per lane); the masked int8 activations are widened by pairwise
+   adds into four int32 lanes; per group 2*S1 - sum(q), times the float16 scale. */
+void evla_b1_gemm_i8_simd128(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
+    const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
+    const int32_t kp = evla_padded_length(k, g);
+    const int32_t row_bytes = kp / 8, groups = kp / g;
+    int8_t *q = malloc((size_t)rows * kp);
+    float *rs = malloc(sizeof(float) * rows);
+    float *gsum = malloc(sizeof(float) * (size_t)rows * groups);
+    evla_quantize_rows_i8(x, rows, k, g, q, rs, gsum);
+    const v128_t select = wasm_u8x16_make(1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128);
+    const v128_t zero = wasm_i32x4_splat(0);
+    for (int32_t j = 0; j < n; j++) {
+        const uint8_t *bits = w->bits + (size_t)j * row_bytes;
+        const uint16_t *scales = w->scales + (size_t)j * groups;
+        for (int32_t r = 0; r < rows; r++) {
+            const int8_t *qr = q + (size_t)r * kp;
+            float acc = 0.0f;
+            for (int32_t gi = 0; gi < groups; gi++) {
+                v128_t a = zero;
+                for (int32_t i = gi * g; i < (gi + 1) * g; i += 16) {
+                    const v128_t both = wasm_i16x8_splat((int16_t)(bits[i / 8] | (bits[i / 8 + 1] << 8)));
+                    const v128_t spread = wasm_i8x16_swizzle(both, wasm_u8x16_make(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1,
+                                                                                   1, 1, 1, 1));
+                    const v128_t mask = wasm_i8x16_ne(wasm_v128_and(spread, select), zero);
+                    const v128_t masked = wasm_v128_and(wasm_v128_load(qr + i), mask);
+                    a = wasm_i32x4_add(a, wasm_i32x4_extadd_pairwise_i16x8(wasm_i16x8_extadd_pairwise_i8x16(masked)));
+                }
+                const int32_t s1 = wasm_i32x4_extract_lane(a, 0) + wasm_i32x4_extract_lane(a, 1) +
+                                   wasm_i32x4_extract_lane(a, 2) + wasm_i32x4_extract_lane(a, 3);
+                acc += evla_f16_to_f32(scales[gi]) * ((float)(2 * s1) - gsum[(size_t)r * groups + gi]);
+            }
+            y[(size_t)r * n + j] = rs[r] * acc;
+        }
+    }
+    free(gsum);
+    free(rs);
+    free(q);
 }
