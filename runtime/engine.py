@@ -1,4 +1,5 @@
-"""Policies the robot runs: one interface, two engines (TVM runtime for bundles, onnxruntime for .onnx).
+"""Policies the robot runs: one interface, three engines (the TVM runtime for native bundles, wasmtime for
+wasm32 bundles, onnxruntime for .onnx).
 
 Only the TVM *runtime* is imported here (`tvm.runtime`); on a robot, set TVM_USE_RUNTIME_LIB=1 (or install
 the runtime-only library) and no compiler is loaded. Inputs are checked against the model's declared names,
@@ -117,9 +118,59 @@ def load_policy(path: str | Path, *, vocabulary_size: int | None = None) -> Poli
     """A bundle directory -> TVM policy (files checked first); a .onnx file -> onnxruntime policy."""
     path = Path(path)
     if path.is_dir():
-        return TvmPolicy(read_bundle(path))
+        bundle = read_bundle(path)
+        return WasmPolicy(bundle) if bundle.target.get("arch") == "wasm32" else TvmPolicy(bundle)
     if path.suffix == ".onnx":
         if not path.is_file():
             raise FileNotFoundError(f"no ONNX file at {path}")
         return OnnxRuntimePolicy(path, vocabulary_size=vocabulary_size)
     raise ValueError(f"{path} is neither a bundle directory nor a .onnx file")
+
+
+class WasmPolicy(Policy):
+    """A wasm32 bundle (one self-contained model.wasm, no imports) run by wasmtime on any machine: the module
+    is compiled once; every call copies the inputs into its memory, runs it, and copies the outputs out."""
+
+    engine = "wasmtime"
+
+    def __init__(self, bundle: Bundle):
+        try:
+            import wasmtime
+        except ImportError as e:
+            raise ValueError("running a wasm32 bundle needs the wasmtime package: pip install wasmtime") from e
+        self.bundle = bundle
+        engine = wasmtime.Engine()
+        self._store = wasmtime.Store(engine)
+        try:
+            module = wasmtime.Module.from_file(engine, str(bundle.library))
+            instance = wasmtime.Linker(engine).instantiate(self._store, module)
+        except Exception as e:  # wasmtime raises its own error types for a broken or foreign module
+            raise ValueError(f"wasmtime cannot load {bundle.library}: {e}") from e
+        self._exports = instance.exports(self._store)
+        if "_initialize" in self._exports:
+            self._exports["_initialize"](self._store)
+        self._memory = self._exports["memory"]
+        super().__init__(bundle.inputs, bundle.outputs, vocabulary_size=bundle.manifest.get("vocabulary_size"))
+        for i, spec in enumerate(self.inputs):
+            expected = int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize
+            if self._call("evla_input_bytes", i) != expected:
+                raise ValueError(f"{bundle.library}: input {spec.name!r} takes {self._call('evla_input_bytes', i)} "
+                                 f"bytes, the manifest says {expected}; the bundle is inconsistent: compile it again")
+
+    def _call(self, name: str, *args):
+        return self._exports[name](self._store, *args)
+
+    def run(self, feed):
+        for i, spec in enumerate(self.inputs):
+            self._memory.write(self._store, np.ascontiguousarray(feed[spec.name]).tobytes(), self._call("evla_input", i))
+        status = self._call("evla_run")
+        if status != 0:
+            at = self._call("evla_last_error")
+            message = bytes(self._memory.read(self._store, at, at + 1024)).split(b"\0")[0].decode(errors="replace")
+            raise RuntimeError(f"{self.bundle.library}: kernel call {status - 1} failed: {message}")
+        outputs = []
+        for i, spec in enumerate(self.outputs):
+            at, size = self._call("evla_output", i), self._call("evla_output_bytes", i)
+            data = bytes(self._memory.read(self._store, at, at + size))
+            outputs.append(np.frombuffer(data, dtype=spec.dtype).reshape(spec.shape).copy())
+        return outputs

@@ -314,7 +314,7 @@ def extern_binary_matmul(rows: int, out_features: int, in_features: int, group_s
     @T.prim_func(private=True)
     def binary_matmul_c(X: T.Buffer((m, k), "float32"), B: T.Buffer((n, kp // 8), "uint8"),
                         S: T.Buffer((n, kp // g), "float16"), Y: T.Buffer((m, n), "float32")):
-        T.func_attr({"tir.noalias": True})
+        T.func_attr({"op_pattern": 8, "tir.noalias": True})
         T.evaluate(T.call_extern("int32", "evla_b1_gemm_f32_flat", X.data, m, B.data, S.data, n, k, g, Y.data))
 
     return binary_matmul_c
@@ -328,7 +328,7 @@ def extern_nm_matmul(rows: int, out_features: int, in_features: int, n: int, m: 
     @T.prim_func(private=True)
     def nm_matmul_c(X: T.Buffer((mm, k), "float32"), V: T.Buffer((nn, fields), "float16"),
                     I: T.Buffer((nn, index_bytes), "uint8"), Y: T.Buffer((mm, nn), "float32")):
-        T.func_attr({"tir.noalias": True})
+        T.func_attr({"op_pattern": 8, "tir.noalias": True})
         T.evaluate(T.call_extern("int32", "evla_nm_gemm_f32_flat", X.data, mm, V.data, I.data, nn, k, n, m, Y.data))
 
     return nm_matmul_c
@@ -349,7 +349,7 @@ def extern_haar_binary_matmul(rows: int, out_features: int, in_features: int, sa
                              SS: T.Buffer((2, sal1), "float16"), B: T.Buffer((nn, kh // 8), "uint8"),
                              C: T.Buffer((nn, kh // g), "uint8"), BASE: T.Buffer((1,), "float32"),
                              Y: T.Buffer((mm, nn), "float32")):
-        T.func_attr({"tir.noalias": True})
+        T.func_attr({"op_pattern": 8, "tir.noalias": True})
         T.evaluate(T.call_extern("int32", "evla_haar_gemm_f32_flat", X.data, mm, SI.data, S1.data, S2.data, SS.data,
                                  B.data, C.data, BASE.data, nn, k, sal, g, Y.data))
 
@@ -363,7 +363,7 @@ def extern_group_sparse_matmul(rows: int, out_features: int, in_features: int, g
     @T.prim_func(private=True)
     def group_sparse_matmul_c(X: T.Buffer((mm, k), "float32"), V: T.Buffer((nn, r * g), "float16"),
                               GI: T.Buffer((nn, r), "uint16"), Y: T.Buffer((mm, nn), "float32")):
-        T.func_attr({"tir.noalias": True})
+        T.func_attr({"op_pattern": 8, "tir.noalias": True})
         T.evaluate(T.call_extern("int32", "evla_gs_gemm_f32_flat", X.data, mm, V.data, GI.data, nn, k, g, r, Y.data))
 
     return group_sparse_matmul_c

@@ -89,3 +89,19 @@ def plain_cnn_onnx(tmp_path_factory) -> Path:
         warnings.simplefilter("ignore")
         export(model, (torch.randn(2, 1, 8, 8),), path, input_names=["image"], output_names=["logits"])
     return path
+
+
+@pytest.fixture(scope="session")
+def binarized_dense_bytes(reach_onnx) -> int:
+    """float32 bytes the binarized layers of the 1-bit reach ONNX would take dequantized: a compiled library
+    smaller than this cannot hold a dense copy of them."""
+    import onnx
+
+    model = onnx.load(str(reach_onnx["binary"]))
+    inits = {i.name: i for i in model.graph.initializer}
+    total = 0
+    for node in model.graph.node:
+        if node.op_type == "BinaryMatMul":
+            k = next(a.i for a in node.attribute if a.name == "in_features")
+            total += int(inits[node.input[1]].dims[0]) * k * 4
+    return total

@@ -23,17 +23,6 @@ def arm64_bundle(reach_onnx, tmp_path_factory):
     return compile_bundle(reach_onnx["binary"], "arm64", tmp_path_factory.mktemp("arm64") / "reach_binary_arm64")
 
 
-def dense_bytes_of_binarized_layers(onnx_path: Path) -> int:
-    model = onnx.load(str(onnx_path))
-    inits = {i.name: i for i in model.graph.initializer}
-    total = 0
-    for node in model.graph.node:
-        if node.op_type == "BinaryMatMul":
-            k = next(a.i for a in node.attribute if a.name == "in_features")
-            total += int(inits[node.input[1]].dims[0]) * k * 4
-    return total
-
-
 def test_arm64_bundle_matches_onnxruntime_under_qemu(arm64_bundle):
     report = verify_bundle(arm64_bundle.path)
     assert report.passed, report.line()
@@ -41,14 +30,14 @@ def test_arm64_bundle_matches_onnxruntime_under_qemu(arm64_bundle):
 
 
 @pytest.mark.parametrize("target", ["host", "arm64"])
-def test_library_is_for_its_target_and_holds_packed_weights(target, reach_onnx, reach_bundle, arm64_bundle):
+def test_library_is_for_its_target_and_holds_packed_weights(target, reach_bundle, arm64_bundle, binarized_dense_bytes):
     bundle = read_bundle(reach_bundle) if target == "host" else arm64_bundle
     library = bundle.library.read_bytes()
     assert library[:4] == b"\x7fELF"
     machine = int.from_bytes(library[18:20], "little")
     assert (machine == EM_AARCH64) == (target == "arm64")
     # Had any binarized layer been dequantized to float32, its dense copy alone would exceed this library.
-    dense = dense_bytes_of_binarized_layers(reach_onnx["binary"])
+    dense = binarized_dense_bytes
     assert len(library) < dense, f"{target} library {len(library):,} B >= dense binarized layers {dense:,} B"
 
 

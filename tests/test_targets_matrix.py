@@ -6,13 +6,13 @@ import pytest
 
 from edgevla.targets import compile_bundle, verify_bundle
 
-TARGETS = ["host", "arm64", "jetson-orin"]
+TARGETS = ["host", "arm64", "wasm32", "jetson-orin"]
 
 
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("model", ["reach-1bit", "reach-2:4", "plain-cnn"])
 def test_compile_and_verify(target, model, reach_onnx, reach_nm_onnx, plain_cnn_onnx, tmp_path):
-    """Default kernels: the linked C kernels on host and arm64, TIR (GPU) kernels on jetson-orin."""
+    """Default kernels: the linked C kernels on host, arm64 and wasm32, TIR (GPU) kernels on jetson-orin."""
     onnx_path = {"reach-1bit": reach_onnx["binary"], "reach-2:4": reach_nm_onnx, "plain-cnn": plain_cnn_onnx}[model]
     bundle = compile_bundle(onnx_path, target, tmp_path / "bundle")
     assert bundle.manifest["kernels"] == ("tir" if target == "jetson-orin" else "c")
@@ -21,7 +21,7 @@ def test_compile_and_verify(target, model, reach_onnx, reach_nm_onnx, plain_cnn_
     assert report.passed, report.line()
 
 
-@pytest.mark.parametrize("target", ["host", "arm64"])
+@pytest.mark.parametrize("target", ["host", "arm64", "wasm32"])
 @pytest.mark.parametrize("model", ["reach-1bit", "reach-2:4"])
 def test_compile_and_verify_with_tir_kernels_only(target, model, reach_onnx, reach_nm_onnx, tmp_path):
     onnx_path = {"reach-1bit": reach_onnx["binary"], "reach-2:4": reach_nm_onnx}[model]
