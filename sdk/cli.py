@@ -28,6 +28,28 @@ def _compile(args) -> int:
     return 0
 
 
+def _tune(args) -> int:
+    from edgevla.targets import compile_bundle, verify_bundle
+    from edgevla.targets.tune import RpcSettings, TuneSettings, parse_tracker
+
+    if bool(args.rpc_tracker) != bool(args.rpc_key):
+        raise ValueError("--rpc-tracker and --rpc-key go together (the tracker hands out servers by key)")
+    rpc = None
+    if args.rpc_tracker:
+        host, port = parse_tracker(args.rpc_tracker)
+        rpc = RpcSettings(tracker_host=host, tracker_port=port, key=args.rpc_key)
+    bundle = compile_bundle(args.model, args.target, args.output, kernels=args.kernels,
+                            tuning=TuneSettings(trials=args.trials, rpc=rpc))
+    report = bundle.manifest["tuning"]
+    print(f"wrote {bundle.path} ({bundle.target['name']}): {report['tuned_tasks']} of {report['tasks']} kernels tuned, "
+          f"{report['measured']} candidates measured on {report['measured_on']} in {report['seconds']:.0f} s")
+    if not args.no_verify:
+        result = verify_bundle(bundle.path)
+        print(result.line())
+        return 0 if result.passed else 1
+    return 0
+
+
 def _verify(args) -> int:
     from edgevla.targets import verify_bundle
 
@@ -215,7 +237,7 @@ def _bench(args) -> int:
     if args.suite == "compile":
         from .bench.compile_speed import run_compile_speed
 
-        run_compile_speed(json_path=Path(args.json) if args.json else None)
+        run_compile_speed(json_path=Path(args.json) if args.json else None, tune_trials=args.tune_trials)
     if args.suite == "loop":
         from .bench.loop_timing import run_loop_bench
 
@@ -250,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "on first use, ~50 minutes on 2 cores; with the reference training recipe it reaches only "
                         "8%% fp32 closed-loop success, so its rows do not yet compare methods)")
     p.add_argument("--json", help="also write the rows as JSON to this file")
+    p.add_argument("--tune-trials", type=int, default=400,
+                   help="compile: MetaSchedule trials for the tuned rows (0: no tuned rows; default 400, ~4 min each)")
     p.add_argument("--cost-table", help="kernels: also write this machine's kernel cost table (JSON) for the "
                                         "budget method's latency budget (compress(..., 'budget', budget_seconds=..., "
                                         "cost_table=FILE))")
@@ -275,13 +299,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("compile", help="compile an ONNX file for a target into a bundle directory")
     p.add_argument("model", help="ONNX file (static shapes)")
-    p.add_argument("--target", default="host", help="host, arm64, arm64-rpi5, arm64-orin-cpu or jetson-orin (default host)")
+    p.add_argument("--target", default="host",
+                   help="host, arm64, arm64-rpi5, arm64-orin-cpu, wasm32 or jetson-orin (default host)")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write")
     p.add_argument("--no-verify", action="store_true", help="skip running the bundle against onnxruntime")
     p.add_argument("--kernels", choices=["auto", "c", "tir"], default="auto",
                    help="packed-format kernels: link the kernels_arm C kernels where the target has them "
                         "(auto, default), or TIR kernels only")
     p.set_defaults(func=_compile)
+
+    p = verbs.add_parser("tune", help="compile like `compile`, with every schedulable kernel tuned by MetaSchedule "
+                                      "(measured here, or on boards through a TVM RPC tracker)")
+    p.add_argument("model", help="ONNX file (static shapes)")
+    p.add_argument("--target", default="host", help="host, or an arm64 target with --rpc-tracker (default host)")
+    p.add_argument("-o", "--output", required=True, help="bundle directory to write (the tuned library: TVM 0.27 "
+                                                         "cannot save tuning records, so the bundle is the result)")
+    p.add_argument("--trials", type=int, default=400, help="measured candidates over all kernels (default 400; "
+                                                            "~4 minutes for the reach policy on 2 cores)")
+    p.add_argument("--rpc-tracker", help="HOST:PORT of `python -m tvm.exec.rpc_tracker`: measure on its servers")
+    p.add_argument("--rpc-key", help="device key the boards' rpc_server registered with (with --rpc-tracker)")
+    p.add_argument("--no-verify", action="store_true", help="skip running the bundle against onnxruntime")
+    p.add_argument("--kernels", choices=["auto", "c", "tir"], default="auto", help="as for compile")
+    p.set_defaults(func=_tune)
 
     p = verbs.add_parser("verify", help="run a bundle on its target (as closely as this machine allows) and "
                                         "compare with its recorded onnxruntime output")

@@ -51,14 +51,21 @@ class Arm64Target(Target):
 
     c_kernel_arch = "aarch64"
 
-    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False) -> Path:
-        from . import ckernels, tvm_backend
+    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False, tuning=None) -> Path:
+        from . import ckernels, tune, tvm_backend
 
+        if tuning is not None and tuning.rpc is None:
+            raise ValueError(f"tuning {self.name} needs the board: measure through an RPC tracker (--rpc-tracker "
+                             "HOST:PORT --rpc-key KEY); timings under qemu say nothing about the board's speed")
         if shutil.which(CROSS_COMPILER) is None:
             raise RuntimeError(f"{CROSS_COMPILER} is not installed: run scripts/setup.sh as root (Debian package "
                                "g++-aarch64-linux-gnu) or put an aarch64 cross g++ on PATH")
         mod = tvm_backend.import_onnx(model, c_kernels=c_kernels)
-        executable = tvm_backend.compile_module(mod, self.tvm_target())
+        if tuning is not None:
+            executable = tune.tune_and_compile(mod, self.tvm_target(), tuning, cross_compiler=CROSS_COMPILER,
+                                               report_path=Path(out_dir) / tune.REPORT_FILE)
+        else:
+            executable = tvm_backend.compile_module(mod, self.tvm_target())
         addons = ckernels.link_objects("aarch64") if c_kernels else None
         return tvm_backend.export_library(executable, Path(out_dir) / "model.so", cross_compiler=CROSS_COMPILER,
                                           addons=addons)

@@ -42,9 +42,15 @@ class Target(abc.ABC):
     c_kernel_arch: str | None = None
 
     @abc.abstractmethod
-    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False) -> Path:
+    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False, tuning=None) -> Path:
         """Compile `model` into a library inside out_dir; returns its path. With `c_kernels`, packed formats
-        that have a kernels_arm C kernel call it (linked into the library) instead of their TIR kernel."""
+        that have a kernels_arm C kernel call it (linked into the library) instead of their TIR kernel. With
+        `tuning` (targets.tune.TuneSettings), kernels are scheduled by MetaSchedule first and the tuning report
+        is written next to the library (targets that cannot be tuned refuse it)."""
+
+    def refuse_tuning(self, tuning, why: str) -> None:
+        if tuning is not None:
+            raise ValueError(f"target {self.name} cannot be tuned: {why}")
 
     @abc.abstractmethod
     def run_check(self, bundle: Bundle, inputs: dict[str, np.ndarray]) -> tuple[list[np.ndarray], str]:

@@ -61,12 +61,14 @@ KERNEL_CHOICES = ("auto", "c", "tir")
 
 
 def compile_bundle(onnx_path: str | Path, target: str, out_dir: str | Path, *, overwrite: bool = True,
-                   kernels: str = "auto") -> Bundle:
+                   kernels: str = "auto", tuning=None) -> Bundle:
     """Compile an ONNX file for `target` into a bundle directory and record a reference check pair.
 
     kernels: "c" links the kernels_arm C kernels for the formats that have one (binary, nm), "tir" uses TIR
     kernels only, "auto" (default) picks "c" wherever the target has a kernels_arm build: measured 2.5x
     faster for the 1-bit reach policy on the host (`edgevla bench compile`).
+    tuning: a targets.tune.TuneSettings to schedule the kernels with MetaSchedule first (`edgevla tune`); the
+    report goes into the bundle (tuning.json) and its manifest.
     """
     if kernels not in KERNEL_CHOICES:
         raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
@@ -88,7 +90,8 @@ def compile_bundle(onnx_path: str | Path, target: str, out_dir: str | Path, *, o
             raise FileExistsError(f"{out_dir} exists; choose another -o or remove it")
         shutil.rmtree(out_dir)
     (out_dir / "check").mkdir(parents=True)
-    library = target_impl.build(model, out_dir, c_kernels=use_c)
+    library = target_impl.build(model, out_dir, c_kernels=use_c, tuning=tuning)
+    tuning_report = out_dir / "tuning.json"
 
     inputs = reference_inputs(model)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -106,6 +109,7 @@ def compile_bundle(onnx_path: str | Path, target: str, out_dir: str | Path, *, o
         "target": {"name": target_impl.name, "arch": target_impl.arch, "tvm_target": target_impl.tvm_target(),
                    "device": getattr(target_impl, "device", "cpu")},
         "kernels": "c" if use_c else "tir",
+        "tuning": json.loads(tuning_report.read_text()) if tuning_report.is_file() else None,
         "library": library.relative_to(out_dir).as_posix(),
         "inputs": _tensor_specs(model.graph.input),
         "outputs": _tensor_specs(model.graph.output),

@@ -21,11 +21,15 @@ class HostTarget(Target):
 
     c_kernel_arch = this_machine() if this_machine() == "x86_64" else None
 
-    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False) -> Path:
-        from . import ckernels, tvm_backend
+    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False, tuning=None) -> Path:
+        from . import ckernels, tune, tvm_backend
 
         mod = tvm_backend.import_onnx(model, c_kernels=c_kernels)
-        executable = tvm_backend.compile_module(mod, self.tvm_target())
+        if tuning is not None:
+            executable = tune.tune_and_compile(mod, self.tvm_target(), tuning,
+                                               report_path=Path(out_dir) / tune.REPORT_FILE)
+        else:
+            executable = tvm_backend.compile_module(mod, self.tvm_target())
         addons = ckernels.link_objects(self.c_kernel_arch) if c_kernels else None
         return tvm_backend.export_library(executable, Path(out_dir) / "model.so", addons=addons)
 

@@ -63,10 +63,12 @@ class JetsonOrinTarget(Target):
     def tvm_target(self):
         return self.tag
 
-    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False) -> Path:
+    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False, tuning=None) -> Path:
         # the packed kernels run on the GPU here: TIR kernels under dlight schedules, never the CPU C kernels
         from . import tvm_backend
 
+        self.refuse_tuning(tuning, "its kernels already get dlight GPU schedules, and measuring them needs the "
+                                   "Jetson's GPU (CPU tuning rules do not apply)")
         if shutil.which(CROSS_COMPILER) is None:
             raise RuntimeError(f"{CROSS_COMPILER} is not installed: run scripts/setup.sh as root (Debian package "
                                "g++-aarch64-linux-gnu) or put an aarch64 cross g++ on PATH")

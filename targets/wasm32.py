@@ -107,9 +107,10 @@ class Wasm32Target(Target):
     def tvm_target(self) -> dict:
         return {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm", "mattr": ["+simd128"]}
 
-    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False) -> Path:
+    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False, tuning=None) -> Path:
         import tvm
 
+        self.refuse_tuning(tuning, "TVM's RPC has no server for a wasm engine here to measure candidates on")
         from . import aot, ckernels, tvm_backend
 
         mod = tvm_backend.import_onnx(model, c_kernels=c_kernels)
