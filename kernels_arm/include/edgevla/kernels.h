@@ -111,7 +111,6 @@ static inline float evla_plane_scale(const evla_b1_plane *p, int32_t j, int32_t 
 /* The portable reference implementations (no argument checks: call through the entry points). */
 void evla_b1_gemm_f32_ref(const float *x, int32_t rows, const evla_b1_plane *w, float *y);
 void evla_gs_gemm_f32_ref(const float *x, int32_t rows, const evla_gs_matrix *w, float *y);
-void evla_b1_gemm_i8_ref(const float *x, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_nm_gemm_f32_ref(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
 
 /* Helpers shared by every variant (defined in src/ref/kernels_ref.c). */
@@ -121,6 +120,21 @@ float evla_quantize_row_i8(const float *x, int32_t k, int32_t kp, int8_t *q);
    values (small integers, exact as float). */
 void evla_quantize_rows_i8(const float *x, int32_t rows, int32_t k, int32_t g, int8_t *q, float *row_scales,
                            float *group_sums);
+
+/* A batch of activation rows in int8 form, as every int8 x 1-bit variant reads it (made by the entry point,
+   so a failed allocation is reported there and no variant allocates). q is 64-byte aligned. */
+typedef struct {
+    int8_t *q;            /* [rows, kp] */
+    float *row_scales;    /* [rows] */
+    float *group_sums;    /* [rows, groups] */
+    int32_t kp, groups;
+    void *block;          /* the one allocation behind the three arrays */
+} evla_i8_rows;
+/* Returns EVLA_OK, or EVLA_ERR_NOMEM with nothing allocated. */
+int evla_i8_rows_make(evla_i8_rows *out, const float *x, int32_t rows, int32_t k, int32_t g);
+void evla_i8_rows_free(evla_i8_rows *rows);
+/* The portable int8 x 1-bit reference on already quantized rows. */
+void evla_b1_gemm_i8_ref(const evla_i8_rows *a, int32_t rows, const evla_b1_matrix *w, float *y);
 /* Sum of every group of g real activations (index < k) of every row: out [rows, ceil(k/g)]. */
 void evla_group_sums_f32(const float *x, int32_t rows, int32_t k, int32_t g, float *out);
 /* Sum over fields [f_begin, f_end) of one N:M row of value * x[column]; padding columns (>= k) are skipped. */

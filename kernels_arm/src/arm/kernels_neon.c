@@ -43,6 +43,7 @@ void evla_b1_gemm_f32_neon(const float *x, int32_t rows, const evla_b1_plane *w,
     const int32_t row_bytes = evla_b1_row_bytes(k, g), groups = evla_b1_row_groups(k, g);
     const int32_t full_bytes = k / 8, bytes_per_group = g / 8;
     float *gsum = malloc(sizeof(float) * (size_t)rows * groups);
+    if (!gsum) { evla_b1_gemm_f32_ref(x, rows, w, y); return; }  /* no scratch: the reference needs none */
     evla_group_sums_f32(x, rows, k, g, gsum);
     for (int32_t j = 0; j < n; j++) {
         const uint8_t *bits = w->bits + (size_t)j * row_bytes;
@@ -72,14 +73,11 @@ void evla_b1_gemm_f32_neon(const float *x, int32_t rows, const evla_b1_plane *w,
     free(gsum);
 }
 
-void evla_b1_gemm_i8_neon(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
-    const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
-    const int32_t kp = evla_padded_length(k, g);
-    const int32_t row_bytes = kp / 8, groups = kp / g;
-    int8_t *q = malloc((size_t)rows * kp);
-    float *rs = malloc(sizeof(float) * rows);
-    float *gsum = malloc(sizeof(float) * (size_t)rows * groups);
-    evla_quantize_rows_i8(x, rows, k, g, q, rs, gsum);
+void evla_b1_gemm_i8_neon(const evla_i8_rows *a, int32_t rows, const evla_b1_matrix *w, float *y) {
+    const int32_t g = w->group_size, n = w->out_features, kp = a->kp, groups = a->groups;
+    const int32_t row_bytes = kp / 8;
+    const int8_t *q = a->q;
+    const float *rs = a->row_scales, *gsum = a->group_sums;
     static const uint8_t select_bytes[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
     const uint8x16_t select = vld1q_u8(select_bytes);
     for (int32_t j = 0; j < n; j++) {
@@ -102,9 +100,6 @@ void evla_b1_gemm_i8_neon(const float *x, int32_t rows, const evla_b1_matrix *w,
             y[(size_t)r * n + j] = rs[r] * acc;
         }
     }
-    free(gsum);
-    free(rs);
-    free(q);
 }
 
 #if defined(__aarch64__)

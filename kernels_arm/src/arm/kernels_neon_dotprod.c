@@ -10,14 +10,11 @@
 
 #include "edgevla/kernels.h"
 
-void evla_b1_gemm_i8_neon_dotprod(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
-    const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
-    const int32_t kp = evla_padded_length(k, g);
-    const int32_t row_bytes = kp / 8, groups = kp / g;
-    int8_t *q = malloc((size_t)rows * kp);
-    float *rs = malloc(sizeof(float) * rows);
-    float *gsum = malloc(sizeof(float) * (size_t)rows * groups);
-    evla_quantize_rows_i8(x, rows, k, g, q, rs, gsum);
+void evla_b1_gemm_i8_neon_dotprod(const evla_i8_rows *a, int32_t rows, const evla_b1_matrix *w, float *y) {
+    const int32_t g = w->group_size, n = w->out_features, kp = a->kp, groups = a->groups;
+    const int32_t row_bytes = kp / 8;
+    const int8_t *q = a->q;
+    const float *rs = a->row_scales, *gsum = a->group_sums;
     static const uint8_t select_bytes[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
     const uint8x16_t select = vld1q_u8(select_bytes);
     const int8x16_t ones = vdupq_n_s8(1);
@@ -50,7 +47,4 @@ void evla_b1_gemm_i8_neon_dotprod(const float *x, int32_t rows, const evla_b1_ma
             for (int32_t t = 0; t < nj; t++) y[(size_t)r * n + j0 + t] = rs[r] * acc[t];
         }
     }
-    free(gsum);
-    free(rs);
-    free(q);
 }

@@ -1,5 +1,6 @@
 /* Portable reference kernels: the definition every architecture variant is tested against. */
 #include <math.h>
+#include <stdlib.h>
 
 #include "edgevla/kernels.h"
 
@@ -31,6 +32,27 @@ void evla_quantize_rows_i8(const float *x, int32_t rows, int32_t k, int32_t g, i
             group_sums[(size_t)r * groups + gi] = (float)s;
         }
     }
+}
+
+int evla_i8_rows_make(evla_i8_rows *out, const float *x, int32_t rows, int32_t k, int32_t g) {
+    const int32_t kp = evla_padded_length(k, g), groups = kp / g;
+    const size_t q_bytes = ((size_t)rows * kp + 63) / 64 * 64;
+    const size_t float_bytes = sizeof(float) * ((size_t)rows + (size_t)rows * groups);
+    void *block = aligned_alloc(64, q_bytes + (float_bytes + 63) / 64 * 64);  /* size: a multiple of 64 (C11) */
+    if (!block) return EVLA_ERR_NOMEM;
+    out->block = block;
+    out->q = block;
+    out->row_scales = (float *)((char *)block + q_bytes);
+    out->group_sums = out->row_scales + rows;
+    out->kp = kp;
+    out->groups = groups;
+    evla_quantize_rows_i8(x, rows, k, g, out->q, out->row_scales, out->group_sums);
+    return EVLA_OK;
+}
+
+void evla_i8_rows_free(evla_i8_rows *rows) {
+    free(rows->block);
+    rows->block = NULL;
 }
 
 void evla_group_sums_f32(const float *x, int32_t rows, int32_t k, int32_t g, float *out) {
@@ -73,13 +95,11 @@ void evla_b1_gemm_f32_ref(const float *x, int32_t rows, const evla_b1_plane *w, 
     }
 }
 
-void evla_b1_gemm_i8_ref(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
-    const int32_t k = w->in_features, g = w->group_size;
-    const int32_t kp = evla_padded_length(k, g);
-    const int32_t row_bytes = kp / 8, groups = kp / g;
-    int8_t q[kp];
+void evla_b1_gemm_i8_ref(const evla_i8_rows *a, int32_t rows, const evla_b1_matrix *w, float *y) {
+    const int32_t kp = a->kp, groups = a->groups, g = w->group_size;
+    const int32_t row_bytes = kp / 8;
     for (int32_t r = 0; r < rows; r++) {
-        float s = evla_quantize_row_i8(x + (size_t)r * k, k, kp, q);
+        const int8_t *q = a->q + (size_t)r * kp;
         for (int32_t j = 0; j < w->out_features; j++) {
             const uint8_t *bits = w->bits + (size_t)j * row_bytes;
             const uint16_t *scales = w->scales + (size_t)j * groups;
@@ -89,7 +109,7 @@ void evla_b1_gemm_i8_ref(const float *x, int32_t rows, const evla_b1_matrix *w, 
                 for (int32_t i = gi * g; i < (gi + 1) * g; i++) dot += evla_b1_sign_bit(bits, i) ? q[i] : -q[i];
                 acc += evla_f16_to_f32(scales[gi]) * (float)dot;
             }
-            y[(size_t)r * w->out_features + j] = s * acc;
+            y[(size_t)r * w->out_features + j] = a->row_scales[r] * acc;
         }
     }
 }

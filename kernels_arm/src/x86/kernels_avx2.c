@@ -118,14 +118,11 @@ static inline __m256i sign_mask32(const uint8_t *bits) {
     return _mm256_cmpeq_epi8(_mm256_and_si256(m, select), select);
 }
 
-void evla_b1_gemm_i8_avx2(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
-    const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
-    const int32_t kp = evla_padded_length(k, g);
-    const int32_t row_bytes = kp / 8, groups = kp / g;
-    int8_t *q = aligned_alloc(32, (size_t)rows * kp + 32);
-    float *rs = malloc(sizeof(float) * rows);
-    float *gsum = malloc(sizeof(float) * (size_t)rows * groups);
-    evla_quantize_rows_i8(x, rows, k, g, q, rs, gsum);
+void evla_b1_gemm_i8_avx2(const evla_i8_rows *a, int32_t rows, const evla_b1_matrix *w, float *y) {
+    const int32_t g = w->group_size, n = w->out_features, kp = a->kp, groups = a->groups;
+    const int32_t row_bytes = kp / 8;
+    const int8_t *q = a->q;
+    const float *rs = a->row_scales, *gsum = a->group_sums;
     const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
     float *sc = malloc(sizeof(float) * (size_t)groups);
     for (int32_t j = 0; j < n; j++) {
@@ -172,9 +169,6 @@ void evla_b1_gemm_i8_avx2(const float *x, int32_t rows, const evla_b1_matrix *w,
         }
     }
     free(sc);
-    free(gsum);
-    free(rs);
-    free(q);
 }
 
 void evla_nm24_gemm_f32_avx2(const float *x, int32_t rows, const evla_nm_matrix *w, float *y) {

@@ -89,6 +89,7 @@ void evla_b1_gemm_f32_avx512(const float *x, int32_t rows, const evla_b1_plane *
     const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
     const int32_t groups = evla_b1_row_groups(k, g);
     float *gsum_all = malloc(sizeof(float) * (size_t)rows * groups);
+    if (!gsum_all) { evla_b1_gemm_f32_ref(x, rows, w, y); return; }  /* no scratch: the reference needs none */
     evla_group_sums_f32(x, rows, k, g, gsum_all);
     for (int32_t j0 = 0; j0 < n; j0 += 4) {  /* weights outer: each block's scales converted once for all rows */
         const int32_t nj = n - j0 < 4 ? n - j0 : 4;
@@ -107,16 +108,12 @@ void evla_b1_gemm_f32_avx512(const float *x, int32_t rows, const evla_b1_plane *
     free(gsum_all);
 }
 
-void evla_b1_gemm_i8_avx512(const float *x, int32_t rows, const evla_b1_matrix *w, float *y) {
-    const int32_t k = w->in_features, g = w->group_size, n = w->out_features;
-    const int32_t kp = evla_padded_length(k, g);
-    const int32_t groups = kp / g;
-    int8_t *q_all = malloc((size_t)rows * kp);
-    float *scale_all = malloc(sizeof(float) * (size_t)rows);
-    float *gsum_all = malloc(sizeof(float) * (size_t)rows * groups);
+void evla_b1_gemm_i8_avx512(const evla_i8_rows *a, int32_t rows, const evla_b1_matrix *w, float *y) {
+    const int32_t g = w->group_size, n = w->out_features, kp = a->kp, groups = a->groups;
+    const int8_t *q_all = a->q;
+    const float *scale_all = a->row_scales, *gsum_all = a->group_sums;
     const __m512i ones = _mm512_set1_epi8(1);
     const evla_b1_plane plane = evla_plane_of(w);
-    evla_quantize_rows_i8(x, rows, k, g, q_all, scale_all, gsum_all);
     for (int32_t j0 = 0; j0 < n; j0 += 4) {  /* weights outer: each block's scales converted once for all rows */
         const int32_t nj = n - j0 < 4 ? n - j0 : 4;
         const uint8_t *b[4];
@@ -151,9 +148,6 @@ void evla_b1_gemm_i8_avx512(const float *x, int32_t rows, const evla_b1_matrix *
             for (int32_t qq = 0; qq < nj; qq++) y[(size_t)r * n + j0 + qq] = scale_x * out[qq];
         }
     }
-    free(gsum_all);
-    free(scale_all);
-    free(q_all);
 }
 
 /* N:M with m = 4 (n = 2 or 1). For 16 kept values at a time the lane indices are computed in registers:
