@@ -66,9 +66,11 @@ def parse_tracker(text: str) -> tuple[str, int]:
 def _in_process_builder(cross_compiler: str | None):
     """A MetaSchedule builder that compiles in this process (worker processes would need IR serialization)."""
     import tvm
+    import tvm.s_tir.tensor_intrin  # noqa: F401  (registers the intrinsics the schedule rules may use)
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.builder import local_builder
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
     @derived_object
     class InProcessBuilder(ms.builder.PyBuilder):
@@ -76,7 +78,8 @@ def _in_process_builder(cross_compiler: str | None):
             results = []
             for item in build_inputs:
                 try:
-                    module = local_builder.default_build(item.mod, item.target, None)
+                    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod)
+                    module = tvm.tirx.build(mod, target=item.target)  # what MetaSchedule's default build does
                     if cross_compiler:
                         path = os.path.join(tempfile.mkdtemp(prefix="edgevla-ms-"), "candidate.so")
                         module.export_library(path, fcompile=tvm.support.cc.cross_compiler(cross_compiler))

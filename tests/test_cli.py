@@ -12,7 +12,7 @@ def test_help_lists_only_working_verbs():
     assert out.returncode == 0
     verbs = set(build_parser()._subparsers._group_actions[0].choices)
     assert verbs == {"demo", "bench", "export", "inspect", "compile", "verify", "run", "report", "flash", "rollback",
-                     "device", "pack"}
+                     "device", "pack", "tune"}
     for verb in verbs:
         assert verb in out.stdout
 
