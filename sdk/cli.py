@@ -269,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", type=int, default=512, help="calibration samples (default 512)")
     p.add_argument("--variant", choices=["reference", "large"], default="reference",
                    help="reference policy (1.3 M parameters) or the large variant (10.8 M; trained and cached "
-                        "on first use with its own recipe (2400 demonstrations, 5 epochs, lr 3e-4): about an hour on 2 cores)")
+                        "on first use with its own recipe (2400 demonstrations, 5 epochs, lr 3e-4): about an hour "
+                        "on 2 cores)")
     p.add_argument("--json", help="also write the rows as JSON to this file")
     p.add_argument("--tune-trials", type=int, default=400,
                    help="compile: MetaSchedule trials for the tuned rows (0: no tuned rows; default 400, ~4 min each)")
