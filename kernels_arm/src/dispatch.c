@@ -5,19 +5,19 @@
 
 #if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
 void evla_b1_gemm_f32_avx512(const float *x, int32_t rows, const evla_b1_plane *w, float *y);
-void evla_b1_gemm_i8_avx512(const evla_i8_rows *a, int32_t rows, const evla_b1_matrix *w, float *y);
+void evla_b1_gemm_i8_avx512(const evla_i8_rows *qx, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_nm_m4_gemm_f32_avx512(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
 void evla_bxb_gemm_avx512(const uint8_t *xbits, const float *x_scales, int32_t rows, const evla_b1_matrix *w,
                           float *y);
 void evla_b1_gemm_f32_avx2(const float *x, int32_t rows, const evla_b1_plane *w, float *y);
-void evla_b1_gemm_i8_avx2(const evla_i8_rows *a, int32_t rows, const evla_b1_matrix *w, float *y);
+void evla_b1_gemm_i8_avx2(const evla_i8_rows *qx, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_nm24_gemm_f32_avx2(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
 void evla_nm14_gemm_f32_avx2(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
 void evla_gs_gemm_f32_avx2(const float *x, int32_t rows, const evla_gs_matrix *w, float *y);
 #endif
 #if defined(__aarch64__) || defined(__ARM_NEON)
 void evla_b1_gemm_f32_neon(const float *x, int32_t rows, const evla_b1_plane *w, float *y);
-void evla_b1_gemm_i8_neon(const evla_i8_rows *a, int32_t rows, const evla_b1_matrix *w, float *y);
+void evla_b1_gemm_i8_neon(const evla_i8_rows *qx, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_bxb_gemm_neon(const uint8_t *xbits, const float *x_scales, int32_t rows, const evla_b1_matrix *w, float *y);
 #endif
 #if defined(__aarch64__)
@@ -25,14 +25,14 @@ void evla_bxb_gemm_neon(const uint8_t *xbits, const float *x_scales, int32_t row
 #ifndef HWCAP_ASIMDDP
 #define HWCAP_ASIMDDP (1 << 20)
 #endif
-void evla_b1_gemm_i8_neon_dotprod(const evla_i8_rows *a, int32_t rows, const evla_b1_matrix *w, float *y);
+void evla_b1_gemm_i8_neon_dotprod(const evla_i8_rows *qx, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_nm_m4_gemm_f32_neon(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
 void evla_gs_gemm_f32_neon(const float *x, int32_t rows, const evla_gs_matrix *w, float *y);
 #endif
 
 #if defined(__wasm_simd128__)
 void evla_b1_gemm_f32_simd128(const float *x, int32_t rows, const evla_b1_plane *w, float *y);
-void evla_b1_gemm_i8_simd128(const evla_i8_rows *a, int32_t rows, const evla_b1_matrix *w, float *y);
+void evla_b1_gemm_i8_simd128(const evla_i8_rows *qx, int32_t rows, const evla_b1_matrix *w, float *y);
 #endif
 
 static int force_reference = 0;  /* 0: best variant, 1: portable reference, 2: at most AVX2 */
@@ -148,21 +148,21 @@ int evla_b1_gemm_f32(const float *x, int32_t rows, const evla_b1_matrix *w, floa
     return EVLA_OK;
 }
 
-static void b1_gemm_i8(const evla_i8_rows *a, int32_t rows, const evla_b1_matrix *w, float *y) {
+static void b1_gemm_i8(const evla_i8_rows *qx, int32_t rows, const evla_b1_matrix *w, float *y) {
 #if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
-    if (use_avx512() && w->group_size % 64 == 0) { evla_b1_gemm_i8_avx512(a, rows, w, y); return; }
-    if (use_avx2() && w->group_size % 32 == 0) { evla_b1_gemm_i8_avx2(a, rows, w, y); return; }
+    if (use_avx512() && w->group_size % 64 == 0) { evla_b1_gemm_i8_avx512(qx, rows, w, y); return; }
+    if (use_avx2() && w->group_size % 32 == 0) { evla_b1_gemm_i8_avx2(qx, rows, w, y); return; }
 #endif
 #if defined(__aarch64__)
-    if (use_neon_dotprod() && w->group_size % 16 == 0) { evla_b1_gemm_i8_neon_dotprod(a, rows, w, y); return; }
+    if (use_neon_dotprod() && w->group_size % 16 == 0) { evla_b1_gemm_i8_neon_dotprod(qx, rows, w, y); return; }
 #endif
 #if defined(__aarch64__) || defined(__ARM_NEON)
-    if (use_neon() && w->group_size % 16 == 0) { evla_b1_gemm_i8_neon(a, rows, w, y); return; }
+    if (use_neon() && w->group_size % 16 == 0) { evla_b1_gemm_i8_neon(qx, rows, w, y); return; }
 #endif
 #if defined(__wasm_simd128__)
-    if (use_simd128() && w->group_size % 16 == 0) { evla_b1_gemm_i8_simd128(a, rows, w, y); return; }
+    if (use_simd128() && w->group_size % 16 == 0) { evla_b1_gemm_i8_simd128(qx, rows, w, y); return; }
 #endif
-    evla_b1_gemm_i8_ref(a, rows, w, y);
+    evla_b1_gemm_i8_ref(qx, rows, w, y);
 }
 
 int evla_b1_gemm_i8(const float *x, int32_t rows, const evla_b1_matrix *w, float *y, const evla_lengths *len) {

@@ -134,7 +134,7 @@ typedef struct {
 int evla_i8_rows_make(evla_i8_rows *out, const float *x, int32_t rows, int32_t k, int32_t g);
 void evla_i8_rows_free(evla_i8_rows *rows);
 /* The portable int8 x 1-bit reference on already quantized rows. */
-void evla_b1_gemm_i8_ref(const evla_i8_rows *a, int32_t rows, const evla_b1_matrix *w, float *y);
+void evla_b1_gemm_i8_ref(const evla_i8_rows *qx, int32_t rows, const evla_b1_matrix *w, float *y);
 /* Sum of every group of g real activations (index < k) of every row: out [rows, ceil(k/g)]. */
 void evla_group_sums_f32(const float *x, int32_t rows, int32_t k, int32_t g, float *out);
 /* Sum over fields [f_begin, f_end) of one N:M row of value * x[column]; padding columns (>= k) are skipped. */

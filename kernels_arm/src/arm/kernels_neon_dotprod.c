@@ -10,11 +10,11 @@
 
 #include "edgevla/kernels.h"
 
-void evla_b1_gemm_i8_neon_dotprod(const evla_i8_rows *a, int32_t rows, const evla_b1_matrix *w, float *y) {
-    const int32_t g = w->group_size, n = w->out_features, kp = a->kp, groups = a->groups;
+void evla_b1_gemm_i8_neon_dotprod(const evla_i8_rows *qx, int32_t rows, const evla_b1_matrix *w, float *y) {
+    const int32_t g = w->group_size, n = w->out_features, kp = qx->kp, groups = qx->groups;
     const int32_t row_bytes = kp / 8;
-    const int8_t *q = a->q;
-    const float *rs = a->row_scales, *gsum = a->group_sums;
+    const int8_t *q = qx->q;
+    const float *rs = qx->row_scales, *gsum = qx->group_sums;
     static const uint8_t select_bytes[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
     const uint8x16_t select = vld1q_u8(select_bytes);
     const int8x16_t ones = vdupq_n_s8(1);

@@ -53,11 +53,11 @@ void evla_b1_gemm_f32_simd128(const float *x, int32_t rows, const evla_b1_plane 
 /* int8 x 1-bit (group size a multiple of 16): 16 sign bits become a 16-byte lane mask (splat the two bytes,
    swizzle each to eight lanes, test one bit per lane); the masked int8 activations are widened by pairwise
    adds into four int32 lanes; per group 2*S1 - sum(q), times the float16 scale. */
-void evla_b1_gemm_i8_simd128(const evla_i8_rows *a, int32_t rows, const evla_b1_matrix *w, float *y) {
-    const int32_t g = w->group_size, n = w->out_features, kp = a->kp, groups = a->groups;
+void evla_b1_gemm_i8_simd128(const evla_i8_rows *qx, int32_t rows, const evla_b1_matrix *w, float *y) {
+    const int32_t g = w->group_size, n = w->out_features, kp = qx->kp, groups = qx->groups;
     const int32_t row_bytes = kp / 8;
-    const int8_t *q = a->q;
-    const float *rs = a->row_scales, *gsum = a->group_sums;
+    const int8_t *q = qx->q;
+    const float *rs = qx->row_scales, *gsum = qx->group_sums;
     const v128_t select = wasm_u8x16_make(1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128);
     const v128_t zero = wasm_i32x4_splat(0);
     for (int32_t j = 0; j < n; j++) {

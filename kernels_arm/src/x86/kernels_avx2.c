@@ -118,11 +118,11 @@ static inline __m256i sign_mask32(const uint8_t *bits) {
     return _mm256_cmpeq_epi8(_mm256_and_si256(m, select), select);
 }
 
-void evla_b1_gemm_i8_avx2(const evla_i8_rows *a, int32_t rows, const evla_b1_matrix *w, float *y) {
-    const int32_t g = w->group_size, n = w->out_features, kp = a->kp, groups = a->groups;
+void evla_b1_gemm_i8_avx2(const evla_i8_rows *qx, int32_t rows, const evla_b1_matrix *w, float *y) {
+    const int32_t g = w->group_size, n = w->out_features, kp = qx->kp, groups = qx->groups;
     const int32_t row_bytes = kp / 8;
-    const int8_t *q = a->q;
-    const float *rs = a->row_scales, *gsum = a->group_sums;
+    const int8_t *q = qx->q;
+    const float *rs = qx->row_scales, *gsum = qx->group_sums;
     const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
     float *sc = malloc(sizeof(float) * (size_t)groups);
     for (int32_t j = 0; j < n; j++) {

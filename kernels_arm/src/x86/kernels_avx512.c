@@ -108,10 +108,10 @@ void evla_b1_gemm_f32_avx512(const float *x, int32_t rows, const evla_b1_plane *
     free(gsum_all);
 }
 
-void evla_b1_gemm_i8_avx512(const evla_i8_rows *a, int32_t rows, const evla_b1_matrix *w, float *y) {
-    const int32_t g = w->group_size, n = w->out_features, kp = a->kp, groups = a->groups;
-    const int8_t *q_all = a->q;
-    const float *scale_all = a->row_scales, *gsum_all = a->group_sums;
+void evla_b1_gemm_i8_avx512(const evla_i8_rows *qx, int32_t rows, const evla_b1_matrix *w, float *y) {
+    const int32_t g = w->group_size, n = w->out_features, kp = qx->kp, groups = qx->groups;
+    const int8_t *q_all = qx->q;
+    const float *scale_all = qx->row_scales, *gsum_all = qx->group_sums;
     const __m512i ones = _mm512_set1_epi8(1);
     const evla_b1_plane plane = evla_plane_of(w);
     for (int32_t j0 = 0; j0 < n; j0 += 4) {  /* weights outer: each block's scales converted once for all rows */
