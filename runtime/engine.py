@@ -168,9 +168,19 @@ class WasmPolicy(Policy):
             at = self._call("evla_last_error")
             message = bytes(self._memory.read(self._store, at, at + 1024)).split(b"\0")[0].decode(errors="replace")
             raise RuntimeError(f"{self.bundle.library}: kernel call {status - 1} failed: {message}")
-        outputs = []
-        for i, spec in enumerate(self.outputs):
+        raw = []
+        for i in range(len(self.outputs)):
             at, size = self._call("evla_output", i), self._call("evla_output_bytes", i)
-            data = bytes(self._memory.read(self._store, at, at + size))
-            outputs.append(np.frombuffer(data, dtype=spec.dtype).reshape(spec.shape).copy())
-        return outputs
+            raw.append(bytes(self._memory.read(self._store, at, at + size)))
+        return decode_outputs(self.outputs, raw)
+
+
+def decode_outputs(specs: list[TensorSpec], raw: list[bytes]) -> list[np.ndarray]:
+    """Output buffers of a wasm32 module (raw little-endian bytes) as arrays of the manifest's shapes."""
+    outputs = []
+    for spec, data in zip(specs, raw):
+        expected = int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize
+        if len(data) != expected:
+            raise RuntimeError(f"output {spec.name!r}: the module returned {len(data)} bytes, expected {expected}")
+        outputs.append(np.frombuffer(data, dtype=spec.dtype).reshape(spec.shape).copy())
+    return outputs

@@ -12,7 +12,6 @@ onnxruntime reference pair.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import numpy as np
 import onnx
 
 from edgevla.runtime.bundle import Bundle, compare_outputs
+from edgevla.runtime.engine import decode_outputs
 from .base import Target, VerifyReport, register_target
 
 WASM_FILE = "model.wasm"
@@ -140,8 +140,7 @@ class Wasm32Target(Target):
         return out_dir / WASM_FILE
 
     def run_check(self, bundle: Bundle, inputs: dict[str, np.ndarray]):
-        outputs, engine = run_wasmtime(bundle, inputs)
-        return outputs, engine
+        return run_wasmtime(bundle, inputs)
 
     def verify(self, bundle: Bundle) -> VerifyReport:
         """The whole model in wasmtime AND in node; passes only if both match the reference."""
@@ -179,16 +178,6 @@ def _ordered_inputs(bundle: Bundle, inputs: dict[str, np.ndarray]) -> list[np.nd
     return arrays
 
 
-def _decode_outputs(bundle: Bundle, raw: list[bytes]) -> list[np.ndarray]:
-    outputs = []
-    for spec, data in zip(bundle.outputs, raw):
-        expected = math.prod(spec.shape) * np.dtype(spec.dtype).itemsize
-        if len(data) != expected:
-            raise RuntimeError(f"output {spec.name!r}: the module returned {len(data)} bytes, expected {expected}")
-        outputs.append(np.frombuffer(data, dtype=spec.dtype).reshape(spec.shape).copy())
-    return outputs
-
-
 def run_wasmtime(bundle: Bundle, inputs: dict[str, np.ndarray]) -> tuple[list[np.ndarray], str]:
     """Run the bundle's model.wasm in wasmtime (the runtime's WasmPolicy); (outputs, engine description)."""
     from edgevla.runtime.engine import WasmPolicy
@@ -216,7 +205,7 @@ def run_node(bundle: Bundle, inputs: dict[str, np.ndarray]) -> tuple[list[np.nda
             raise RuntimeError(f"the wasm32 module failed in node: {result.stderr.strip()[-2000:]}")
         report = json.loads(result.stdout.strip().splitlines()[-1])
         raw = [(tmp / f"out_{i}.bin").read_bytes() for i in range(report["outputs"])]
-        return _decode_outputs(bundle, raw), report["engine"]
+        return decode_outputs(bundle.outputs, raw), report["engine"]
 
 
 register_target(Wasm32Target())
