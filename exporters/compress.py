@@ -102,13 +102,15 @@ def default_targets(model: nn.Module, min_in_features: int = 32) -> tuple[list[s
 
 def compress(model: nn.Module, method: str, *, calibration: Iterable | None = None,
              include: list[str] | None = None, exclude: list[str] | None = None, inplace: bool = False,
-             **options) -> Compressed:
+             device: str | torch.device | None = None, **options) -> Compressed:
     """Compress the Linear layers of `model` with `method`.
 
     calibration: an iterable of model inputs (a tensor, a tuple of positional tensors, or a dict of
         keyword tensors); used to measure each layer's output error (and by methods that need data).
     include / exclude: fnmatch patterns on module names (e.g. "blocks.*"); with `include` given, exactly
         the matching Linear layers are compressed, otherwise the defaults of `default_targets`.
+    device: where the per-layer Hessians and the methods' float64 arithmetic run (the model itself stays
+        where it is; one layer's statistics exist at a time). Default: "cuda" when torch sees a GPU, else "cpu".
     """
     if method not in METHOD_OPTIONS:
         raise ValueError(f"unknown compression method {method!r}; known methods: {sorted(METHOD_OPTIONS)}")
@@ -141,7 +143,10 @@ def compress(model: nn.Module, method: str, *, calibration: Iterable | None = No
             kept[name] = "excluded by pattern"
 
     finetune = {key: options.pop(key) for key in ("finetune_loss", "finetune_steps", "finetune_lr") if key in options}
-    device = compute_device()
+    device = torch.device(device) if device is not None else compute_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} requested but torch sees no CUDA GPU "
+                         f"(torch {torch.__version__}); pass device='cpu' or install a CUDA build of torch")
     if method == "budget":
         return _compress_to_budget(model, targets, kept, calibration, device, **options)
     report = CompressionReport()

@@ -406,3 +406,31 @@ def test_dense_sparse_straight_through_finetuning_lowers_the_loss():
     layer = tuned.model[2]
     assert layer.format_name == "dense_sparse" and layer.packed().arrays["atom_idx"].shape == (64, 2)
     assert all(p.requires_grad for p in tuned.model[0].parameters())  # unfrozen again afterwards
+
+
+def test_an_unavailable_device_is_a_clear_error():
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 4))
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: the error for a missing one cannot be provoked here")
+    with pytest.raises(ValueError, match="torch sees no CUDA GPU.*device='cpu'"):
+        compress(model, "sign", include=["1"], device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="no CUDA GPU visible to torch (the pinned torch wheel is the CPU build); this test runs "
+                           "on a machine with a GPU and a CUDA torch")
+@pytest.mark.parametrize("method,options", [("billm", {}), ("hbvla", {}), ("nm", {"criterion": "sparsegpt"}),
+                                            ("dense_sparse", {"iterations": 2}), ("group_sparse", {})])
+def test_calibration_on_cuda_matches_the_cpu(method, options):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), PlainBlock(), PlainBlock(), nn.Linear(64, 3)).eval()
+    batches = [torch.randn(4, 6, 16) for _ in range(4)]
+    on_cpu = compress(model, method, calibration=batches, device="cpu", **options)
+    on_gpu = compress(model, method, calibration=batches, device="cuda", **options)
+    for cpu_layer, gpu_layer in zip(on_cpu.report.compressed, on_gpu.report.compressed):
+        assert cpu_layer.name == gpu_layer.name and cpu_layer.bits_per_weight == gpu_layer.bits_per_weight
+        # float64 on both sides; only reduction order differs, so a few near-zero signs may flip
+        assert gpu_layer.relative_error == pytest.approx(cpu_layer.relative_error, rel=0.05, abs=1e-6)
+    with torch.no_grad():
+        x = batches[0]
+        torch.testing.assert_close(on_gpu.model(x), on_cpu.model(x), rtol=0.05, atol=0.05)
