@@ -13,6 +13,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -160,6 +161,7 @@ def compress(model: nn.Module, method: str, *, calibration: Iterable | None = No
             packed = METHODS[method](weight, stats, **options)
         except ValueError as e:
             raise ValueError(f"layer {name!r} ({tuple(weight.shape)}): {e}") from e
+        _check_packed_finite(packed, name, method, weight)
         new_layer = packed_module(packed, layer, method=method).to(layer.weight.device)
         error = None if stats is None else _output_error(stats, weight, packed, layer)
         replace_module(model, name, new_layer)
@@ -218,6 +220,7 @@ def _compress_to_budget(model, targets, kept, calibration, device, *, candidates
                 stats = aware
             try:
                 packed = METHODS[cand_method](weight, stats, **cand_options)
+                _check_packed_finite(packed, name, cand_method, weight)
             except ValueError:
                 continue  # e.g. hbvla cannot meet its own bit budget on this shape: not a choice here
             error = _output_error(plain, weight, packed, layer)
@@ -256,6 +259,17 @@ def _finite_weight(layer: nn.Module, name: str, device: torch.device) -> torch.T
         raise ValueError(f"layer {name!r} ({tuple(weight.shape)}): weight has a NaN or inf at row {bad[0]}, "
                          f"column {bad[1]}; fix the model (or its training) before compressing")
     return weight
+
+
+def _check_packed_finite(packed: formats.PackedWeight, name: str, method: str, weight: torch.Tensor) -> None:
+    """Packed formats store scales and values in float16: a method result beyond its range (65504) would
+    turn into inf and poison every later layer's calibration. Refuse it here, naming the layer."""
+    dense = formats.unpack(packed)
+    if not np.isfinite(dense).all():
+        raise ValueError(f"layer {name!r} ({tuple(weight.shape)}): method {method!r} produced weights that do not fit "
+                         f"the float16 fields of format {packed.format!r} (|w| up to "
+                         f"{float(weight.abs().max()):.3g}, float16 holds up to 65504); rescale the layer (e.g. fold "
+                         f"a constant into the next layer) or exclude it with exclude=[{name!r}]")
 
 
 def _output_error(stats, weight: torch.Tensor, packed: formats.PackedWeight, layer: nn.Module) -> float:

@@ -412,7 +412,22 @@ def dense_sparse(weight: torch.Tensor, stats: LayerStats | None, *, atoms: int |
         gram += 1e-8 * torch.trace(gram) / atoms * torch.eye(atoms, dtype=w.dtype, device=w.device)
         dictionary = torch.linalg.solve(gram, (w @ h @ sparse.T).T).T
     _, dictionary, idx, values = best
+    dictionary, values = balance_atoms(dictionary, idx, values)
     return formats.pack_dense_sparse(dictionary=_np(dictionary), values=_np(values), atom_idx=_np(idx))
+
+
+def balance_atoms(dictionary: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """D S is unchanged by scaling atom a by c and its codes by 1/c; choose c so that max |D[:, a]| equals the
+    largest |value| coding with atom a. Both factors are stored in float16, and the closed-form D update
+    can push an atom that few columns use to values far beyond float16's 65504 (seen on the 10.8 M policy);
+    balanced, each factor holds about the square root of the product's range."""
+    atoms = dictionary.shape[1]
+    atom_max = dictionary.abs().amax(0)
+    code_max = torch.zeros(atoms, dtype=values.dtype, device=values.device).scatter_reduce(
+        0, idx.reshape(-1), values.abs().reshape(-1), reduce="amax")
+    used = (atom_max > 0) & (code_max > 0)
+    c = torch.where(used, torch.sqrt(code_max / atom_max.clamp_min(1e-300)), torch.ones_like(atom_max))
+    return dictionary * c[None, :], values / c[idx]
 
 
 # ------------------------------------------------------------------------------------ group_sparse

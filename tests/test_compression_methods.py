@@ -434,3 +434,33 @@ def test_calibration_on_cuda_matches_the_cpu(method, options):
     with torch.no_grad():
         x = batches[0]
         torch.testing.assert_close(on_gpu.model(x), on_cpu.model(x), rtol=0.05, atol=0.05)
+
+
+def test_dense_sparse_atoms_are_balanced_for_float16_storage():
+    rng = np.random.default_rng(3)
+    dictionary = torch.tensor(rng.normal(size=(16, 6)) * 1e4)  # the closed-form update can drift like this
+    idx = torch.tensor(rng.integers(0, 5, size=(12, 2)))  # atom 5 unused
+    idx[:, 1] = (idx[:, 0] + 1) % 5
+    values = torch.tensor(rng.normal(size=(12, 2)) * 1e-4)
+    sparse = torch.zeros(6, 12, dtype=torch.float64).scatter_(0, idx.T, values.T)
+    d2, v2 = methods.balance_atoms(dictionary, idx, values)
+    s2 = torch.zeros(6, 12, dtype=torch.float64).scatter_(0, idx.T, v2.T)
+    torch.testing.assert_close(d2 @ s2, dictionary @ sparse)
+    for a in range(5):
+        assert float(d2[:, a].abs().max()) == pytest.approx(float(v2[idx == a].abs().max()))
+    torch.testing.assert_close(d2[:, 5], dictionary[:, 5])  # unused atoms are left as they are
+    # the method is scale-equivariant: weights 1e5 times larger (beyond float16 themselves) give the same
+    # factorization scaled, with both float16 factors finite
+    w = torch.tensor(rng.normal(size=(24, 32)))
+    small = formats.unpack_dense_sparse(methods.dense_sparse(w, None, atoms=32, nonzeros=4, iterations=2))
+    large = formats.unpack_dense_sparse(methods.dense_sparse(w * 1e5, None, atoms=32, nonzeros=4, iterations=2))
+    assert np.isfinite(large).all()
+    np.testing.assert_allclose(large / 1e5, small, atol=5e-3 * np.abs(small).max())
+
+
+def test_a_float16_overflow_is_refused_with_the_layer_named():
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 4))
+    with torch.no_grad():
+        model[1].weight.mul_(1e6)  # mean |w| per group beyond 65504: the sign scales would be inf
+    with pytest.raises(ValueError, match=r"layer '1' .*float16 fields of format 'binary'.*exclude=\['1'\]"):
+        compress(model, "sign", include=["1"])
