@@ -464,3 +464,41 @@ def test_a_float16_overflow_is_refused_with_the_layer_named():
         model[1].weight.mul_(1e6)  # mean |w| per group beyond 65504: the sign scales would be inf
     with pytest.raises(ValueError, match=r"layer '1' .*float16 fields of format 'binary'.*exclude=\['1'\]"):
         compress(model, "sign", include=["1"])
+
+
+def numpy_omp(dictionary, column, nonzeros):
+    """Textbook OMP on one column: pick the atom most correlated with the residual (normalised), refit."""
+    chosen, residual = [], column.copy()
+    norms = np.linalg.norm(dictionary, axis=0)
+    for _ in range(nonzeros):
+        corr = np.abs(dictionary.T @ residual) / norms
+        corr[chosen] = -1.0
+        chosen.append(int(np.argmax(corr)))
+        values, *_ = np.linalg.lstsq(dictionary[:, chosen], column, rcond=None)
+        residual = column - dictionary[:, chosen] @ values
+    return chosen, values
+
+
+def test_omp_through_the_gram_matrix_equals_textbook_omp():
+    rng = np.random.default_rng(5)
+    dictionary, w = rng.normal(size=(20, 12)), rng.normal(size=(20, 30))
+    idx, values = methods._omp_columns(torch.tensor(dictionary), torch.tensor(w), 5)
+    for j in range(30):
+        chosen, ref_values = numpy_omp(dictionary, w[:, j], 5)
+        assert idx[j].tolist() == chosen
+        np.testing.assert_allclose(values[j].numpy(), ref_values, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("n,k,bits", [(384, 384, 2.0), (1536, 384, 2.0), (384, 1536, 1.0), (64, 48, 3.0)])
+def test_dense_sparse_shape_follows_the_bit_budget(n, k, bits):
+    atoms, nonzeros = methods.dense_sparse_shape_for_bits(n, k, bits)
+    assert nonzeros == atoms // 2
+
+    def stored_bits(a):  # float16 atoms and codes, one index byte per code (<= 256 atoms)
+        return (n * a * 16 + k * (a // 2) * (16 + 8)) / (n * k)
+
+    assert stored_bits(atoms) <= bits < stored_bits(atoms + 1)
+    w = torch.tensor(np.random.default_rng(0).normal(size=(n, k)))
+    if n * k <= 64 * 48:
+        assert methods.dense_sparse(w, None, bits_per_weight=bits, iterations=1).bits_per_weight <= bits
+    assert methods.dense_sparse_shape_for_bits(n, k, 0.01) == (2, 1)  # the smallest factorization
