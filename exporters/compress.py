@@ -161,9 +161,9 @@ def compress(model: nn.Module, method: str, *, calibration: Iterable | None = No
             packed = METHODS[method](weight, stats, **options)
         except ValueError as e:
             raise ValueError(f"layer {name!r} ({tuple(weight.shape)}): {e}") from e
-        _check_packed_finite(packed, name, method, weight)
+        dense = _finite_dense(packed, name, method, weight)
         new_layer = packed_module(packed, layer, method=method).to(layer.weight.device)
-        error = None if stats is None else _output_error(stats, weight, packed, layer)
+        error = None if stats is None else _output_error(stats, weight, dense, layer)
         replace_module(model, name, new_layer)
         report.layers.append(LayerReport(name=name, shape=tuple(weight.shape), method=method,
                                          bits_per_weight=packed.bits_per_weight, relative_error=error,
@@ -220,10 +220,10 @@ def _compress_to_budget(model, targets, kept, calibration, device, *, candidates
                 stats = aware
             try:
                 packed = METHODS[cand_method](weight, stats, **cand_options)
-                _check_packed_finite(packed, name, cand_method, weight)
+                dense = _finite_dense(packed, name, cand_method, weight)
             except ValueError:
                 continue  # e.g. hbvla cannot meet its own bit budget on this shape: not a choice here
-            error = _output_error(plain, weight, packed, layer)
+            error = _output_error(plain, weight, dense, layer)
             if table is not None:
                 cost = table.seconds(packed)
             else:
@@ -261,19 +261,21 @@ def _finite_weight(layer: nn.Module, name: str, device: torch.device) -> torch.T
     return weight
 
 
-def _check_packed_finite(packed: formats.PackedWeight, name: str, method: str, weight: torch.Tensor) -> None:
-    """Packed formats store scales and values in float16: a method result beyond its range (65504) would
-    turn into inf and poison every later layer's calibration. Refuse it here, naming the layer."""
+def _finite_dense(packed: formats.PackedWeight, name: str, method: str, weight: torch.Tensor) -> torch.Tensor:
+    """The packed weight decoded (like `weight`: dtype, device). Packed formats store scales and values in
+    float16: a method result beyond its range would decode to inf and poison every later layer's
+    calibration, so that is refused here, naming the layer."""
     dense = formats.unpack(packed)
     if not np.isfinite(dense).all():
         raise ValueError(f"layer {name!r} ({tuple(weight.shape)}): method {method!r} produced weights that do not fit "
                          f"the float16 fields of format {packed.format!r} (|w| up to "
-                         f"{float(weight.abs().max()):.3g}, float16 holds up to 65504); rescale the layer (e.g. fold "
-                         f"a constant into the next layer) or exclude it with exclude=[{name!r}]")
+                         f"{float(weight.abs().max()):.3g}, float16 holds up to {float(np.finfo(np.float16).max):g}); "
+                         f"rescale the layer (e.g. fold a constant into the next layer) or exclude it with "
+                         f"exclude=[{name!r}]")
+    return torch.from_numpy(dense).to(weight)
 
 
-def _output_error(stats, weight: torch.Tensor, packed: formats.PackedWeight, layer: nn.Module) -> float:
-    dense = torch.from_numpy(formats.unpack(packed)).to(weight)
+def _output_error(stats, weight: torch.Tensor, dense: torch.Tensor, layer: nn.Module) -> float:
     bias = None if layer.bias is None else layer.bias.detach().to(weight.device)
     return stats.output_error(weight, dense, bias)
 
