@@ -7,9 +7,11 @@ cd "$ROOT"
 
 # Debian packages: a C compiler (C header tests), Mesa EGL for MuJoCo's GPU-less offscreen rendering,
 # the aarch64 and armv7 cross compilers and qemu-user (arm64 targets and the ARM kernels run under qemu),
-# OpenSSH (the flash tests start a real sshd on loopback), node (wasm32 kernels run in node as well).
+# OpenSSH (the flash tests start a real sshd on loopback), node (wasm32 kernels run in node as well),
+# oneDNN (x86_64 host bundles run their fp32 MatMul/Conv2d in it: headers to build, libdnnl2 to run).
 DEB_PACKAGES=(gcc libc6-dev libegl1 libegl-mesa0 libopengl0 libgl1-mesa-dri g++-aarch64-linux-gnu qemu-user
               gcc-arm-linux-gnueabihf openssh-client openssh-server nodejs)
+[[ $(uname -m) == x86_64 ]] && DEB_PACKAGES+=(libdnnl-dev)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

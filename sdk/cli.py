@@ -19,8 +19,9 @@ def _demo(args) -> int:
 def _compile(args) -> int:
     from edgevla.targets import compile_bundle, verify_bundle
 
-    bundle = compile_bundle(args.model, args.target, args.output, kernels=args.kernels)
-    print(f"wrote {bundle.path} ({bundle.target['name']}, library {bundle.manifest['library']})")
+    bundle = compile_bundle(args.model, args.target, args.output, kernels=args.kernels, dense=args.dense)
+    print(f"wrote {bundle.path} ({bundle.target['name']}, library {bundle.manifest['library']}, dense ops: "
+          f"{bundle.manifest['dense']})")
     if not args.no_verify:
         report = verify_bundle(bundle.path)
         print(report.line())
@@ -38,7 +39,7 @@ def _tune(args) -> int:
     if args.rpc_tracker:
         host, port = parse_tracker(args.rpc_tracker)
         rpc = RpcSettings(tracker_host=host, tracker_port=port, key=args.rpc_key)
-    bundle = compile_bundle(args.model, args.target, args.output, kernels=args.kernels,
+    bundle = compile_bundle(args.model, args.target, args.output, kernels=args.kernels, dense=args.dense,
                             tuning=TuneSettings(trials=args.trials, rpc=rpc))
     report = bundle.manifest["tuning"]
     print(f"wrote {bundle.path} ({bundle.target['name']}): {report['tuned_tasks']} of {report['tasks']} kernels tuned, "
@@ -306,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernels", choices=["auto", "c", "tir"], default="auto",
                    help="packed-format kernels: link the kernels_arm C kernels where the target has them "
                         "(auto, default), or TIR kernels only")
+    p.add_argument("--dense", choices=["auto", "library", "tvm"], default="auto",
+                   help="fp32 MatMul/Conv2d with constant weights: the target's dense library where it has one "
+                        "(auto, default; oneDNN on x86_64 hosts), or TVM's own code")
     p.set_defaults(func=_compile)
 
     p = verbs.add_parser("tune", help="compile like `compile`, with every schedulable kernel tuned by MetaSchedule "
@@ -320,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpc-key", help="device key the boards' rpc_server registered with (with --rpc-tracker)")
     p.add_argument("--no-verify", action="store_true", help="skip running the bundle against onnxruntime")
     p.add_argument("--kernels", choices=["auto", "c", "tir"], default="auto", help="as for compile")
+    p.add_argument("--dense", choices=["auto", "library", "tvm"], default="auto", help="as for compile")
     p.set_defaults(func=_tune)
 
     p = verbs.add_parser("verify", help="run a bundle on its target (as closely as this machine allows) and "

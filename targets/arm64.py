@@ -51,7 +51,8 @@ class Arm64Target(Target):
 
     c_kernel_arch = "aarch64"
 
-    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False, tuning=None) -> Path:
+    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False, tuning=None,
+              dense_library: bool = False) -> Path:
         from . import ckernels, tune, tvm_backend
 
         if tuning is not None and tuning.rpc is None:

@@ -40,13 +40,18 @@ class Target(abc.ABC):
 
     # The kernels_arm build linked into this target's libraries, or None when only TIR kernels are used.
     c_kernel_arch: str | None = None
+    # The architecture whose dense library (ckernels.DENSE_LIBRARIES) runs this target's fp32 MatMul/Conv2d,
+    # or None when TVM compiles them itself.
+    dense_library_arch: str | None = None
 
     @abc.abstractmethod
-    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False, tuning=None) -> Path:
+    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False, tuning=None,
+              dense_library: bool = False) -> Path:
         """Compile `model` into a library inside out_dir; returns its path. With `c_kernels`, packed formats
         that have a kernels_arm C kernel call it (linked into the library) instead of their TIR kernel. With
         `tuning` (targets.tune.TuneSettings), kernels are scheduled by MetaSchedule first and the tuning report
-        is written next to the library (targets that cannot be tuned refuse it)."""
+        is written next to the library (targets that cannot be tuned refuse it). With `dense_library` (only
+        passed where `dense_library_arch` is set), fp32 MatMul/Conv2d with constant weights call that library."""
 
     def refuse_tuning(self, tuning, why: str) -> None:
         if tuning is not None:

@@ -58,30 +58,39 @@ def reference_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndar
 
 
 KERNEL_CHOICES = ("auto", "c", "tir")
+DENSE_CHOICES = ("auto", "library", "tvm")
 
 
 def compile_bundle(onnx_path: str | Path, target: str, out_dir: str | Path, *, overwrite: bool = True,
-                   kernels: str = "auto", tuning=None) -> Bundle:
+                   kernels: str = "auto", dense: str = "auto", tuning=None) -> Bundle:
     """Compile an ONNX file for `target` into a bundle directory and record a reference check pair.
 
     kernels: "c" links the kernels_arm C kernels for the formats that have one (binary, nm), "tir" uses TIR
     kernels only, "auto" (default) picks "c" wherever the target has a kernels_arm build: measured 2.5x
     faster for the 1-bit reach policy on the host (`edgevla bench compile`).
+    dense: "library" runs fp32 MatMul/Conv2d with constant weights in the target's dense library (oneDNN on
+    x86_64 hosts; `edgevla bench compile` measured it against onnxruntime), "tvm" lets TVM compile them,
+    "auto" (default) picks "library" wherever the target has one.
     tuning: a targets.tune.TuneSettings to schedule the kernels with MetaSchedule first (`edgevla tune`); the
     report goes into the bundle (tuning.json) and its manifest.
     """
     if kernels not in KERNEL_CHOICES:
         raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
+    if dense not in DENSE_CHOICES:
+        raise ValueError(f"dense must be one of {DENSE_CHOICES}, got {dense!r}")
     import onnxruntime as ort
 
     from edgevla import __version__
-    from . import tvm_backend
+    from . import ckernels, tvm_backend
 
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     target_impl = get_target(target)
     use_c = kernels == "c" or (kernels == "auto" and target_impl.c_kernel_arch is not None)
     if use_c and target_impl.c_kernel_arch is None:
         raise ValueError(f"target {target_impl.name} has no kernels_arm build to link; use kernels='tir'")
+    use_dense = dense == "library" or (dense == "auto" and target_impl.dense_library_arch is not None)
+    if use_dense and target_impl.dense_library_arch is None:
+        raise ValueError(f"target {target_impl.name} has no dense library; use dense='tvm'")
     if not onnx_path.is_file():
         raise FileNotFoundError(f"no ONNX file at {onnx_path}")
     model = onnx.load(str(onnx_path))
@@ -90,7 +99,8 @@ def compile_bundle(onnx_path: str | Path, target: str, out_dir: str | Path, *, o
             raise FileExistsError(f"{out_dir} exists; choose another -o or remove it")
         shutil.rmtree(out_dir)
     (out_dir / "check").mkdir(parents=True)
-    library = target_impl.build(model, out_dir, c_kernels=use_c, tuning=tuning)
+    library = target_impl.build(model, out_dir, c_kernels=use_c, tuning=tuning,
+                                **({"dense_library": True} if use_dense else {}))
     tuning_report = out_dir / "tuning.json"
 
     inputs = reference_inputs(model)
@@ -109,6 +119,7 @@ def compile_bundle(onnx_path: str | Path, target: str, out_dir: str | Path, *, o
         "target": {"name": target_impl.name, "arch": target_impl.arch, "tvm_target": target_impl.tvm_target(),
                    "device": getattr(target_impl, "device", "cpu")},
         "kernels": "c" if use_c else "tir",
+        "dense": ckernels.DENSE_LIBRARIES[target_impl.dense_library_arch].name if use_dense else "tvm",
         "tuning": json.loads(tuning_report.read_text()) if tuning_report.is_file() else None,
         "library": library.relative_to(out_dir).as_posix(),
         "inputs": _tensor_specs(model.graph.input),

@@ -20,18 +20,25 @@ class HostTarget(Target):
         return {"kind": "llvm"}
 
     c_kernel_arch = this_machine() if this_machine() == "x86_64" else None
+    dense_library_arch = this_machine() if this_machine() == "x86_64" else None
 
-    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False, tuning=None) -> Path:
-        from . import ckernels, tune, tvm_backend
+    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False, tuning=None,
+              dense_library: bool = False) -> Path:
+        from . import ckernels, tune, tvm_backend, tvm_dense
 
         mod = tvm_backend.import_onnx(model, c_kernels=c_kernels)
+        addons, link_options = (ckernels.link_objects(self.c_kernel_arch) if c_kernels else []), []
+        if dense_library:
+            mod, _ = tvm_dense.lower_dense_ops(mod)
+            objects, link_options = ckernels.dense_library_objects(self.dense_library_arch)
+            addons += objects
         if tuning is not None:
             executable = tune.tune_and_compile(mod, self.tvm_target(), tuning,
                                                report_path=Path(out_dir) / tune.REPORT_FILE)
         else:
             executable = tvm_backend.compile_module(mod, self.tvm_target())
-        addons = ckernels.link_objects(self.c_kernel_arch) if c_kernels else None
-        return tvm_backend.export_library(executable, Path(out_dir) / "model.so", addons=addons)
+        return tvm_backend.export_library(executable, Path(out_dir) / "model.so", addons=addons,
+                                          link_options=link_options)
 
     def run_check(self, bundle: Bundle, inputs):
         policy = TvmPolicy(bundle)

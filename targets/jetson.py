@@ -63,7 +63,8 @@ class JetsonOrinTarget(Target):
     def tvm_target(self):
         return self.tag
 
-    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False, tuning=None) -> Path:
+    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False, tuning=None,
+              dense_library: bool = False) -> Path:
         # the packed kernels run on the GPU here: TIR kernels under dlight schedules, never the CPU C kernels
         from . import tvm_backend
 

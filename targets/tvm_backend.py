@@ -232,10 +232,13 @@ def compile_module(mod: tvm.IRModule, target: dict | str):
 
 
 def export_library(executable, path: Path, *, cross_compiler: str | None = None,
-                   addons: list[Path] | None = None) -> Path:
-    """Write the shared library; `addons` are extra object files linked in (the kernels_arm C kernels)."""
+                   addons: list[Path] | None = None, link_options: list[str] | None = None) -> Path:
+    """Write the shared library; `addons` are extra object files linked in (the kernels_arm C kernels),
+    `link_options` extra linker arguments (the dense library: -ldnnl ...)."""
     path = Path(path)
     extra = {"addons": [str(a) for a in addons]} if addons else {}
+    if link_options:
+        extra["options"] = list(link_options)
     if cross_compiler:
         executable.export_library(str(path), fcompile=tvm.support.cc.cross_compiler(cross_compiler), **extra)
     else:

@@ -305,17 +305,27 @@ def im2col_kernel(batch: int, channels: int, height: int, width: int, kh: int, k
     return im2col
 
 
+def _refused(kernel: str) -> str:
+    """The error a bundle call raises when a linked C kernel returns a status other than EVLA_OK."""
+    return (f"edgevla: C kernel {kernel} refused its arguments (a negative EVLA_ERR_* status, see "
+            "kernels_arm/include/edgevla/kernels.h: corrupt packed arrays or a shape the format does not allow); "
+            "the output was not written")
+
+
 def extern_binary_matmul(rows: int, out_features: int, in_features: int, group_size: int):
     """Y = X @ W.T for the binary format by a call into the linked kernels_arm C kernel (best SIMD variant
     of the CPU, picked at run time); same signature as `binary_matmul_kernel`."""
     m, n, k, g = rows, out_features, in_features, group_size
     kp = formats.padded_length(k, g)
 
+    refused = _refused("evla_b1_gemm_f32_flat")
+
     @T.prim_func(private=True)
     def binary_matmul_c(X: T.Buffer((m, k), "float32"), B: T.Buffer((n, kp // 8), "uint8"),
                         S: T.Buffer((n, kp // g), "float16"), Y: T.Buffer((m, n), "float32")):
         T.func_attr({"op_pattern": 8, "tir.noalias": True})
-        T.evaluate(T.call_extern("int32", "evla_b1_gemm_f32_flat", X.data, m, B.data, S.data, n, k, g, Y.data))
+        status = T.call_extern("int32", "evla_b1_gemm_f32_flat", X.data, m, B.data, S.data, n, k, g, Y.data)
+        assert status == 0, refused
 
     return binary_matmul_c
 
@@ -325,11 +335,14 @@ def extern_nm_matmul(rows: int, out_features: int, in_features: int, n: int, m: 
     mm, nn, k = rows, out_features, in_features
     fields = formats.padded_length(k, m) // m * n
 
+    refused = _refused("evla_nm_gemm_f32_flat")
+
     @T.prim_func(private=True)
     def nm_matmul_c(X: T.Buffer((mm, k), "float32"), V: T.Buffer((nn, fields), "float16"),
                     I: T.Buffer((nn, index_bytes), "uint8"), Y: T.Buffer((mm, nn), "float32")):
         T.func_attr({"op_pattern": 8, "tir.noalias": True})
-        T.evaluate(T.call_extern("int32", "evla_nm_gemm_f32_flat", X.data, mm, V.data, I.data, nn, k, n, m, Y.data))
+        status = T.call_extern("int32", "evla_nm_gemm_f32_flat", X.data, mm, V.data, I.data, nn, k, n, m, Y.data)
+        assert status == 0, refused
 
     return nm_matmul_c
 
@@ -342,6 +355,8 @@ def extern_haar_binary_matmul(rows: int, out_features: int, in_features: int, sa
     column_bytes = (nn + 7) // 8
     sal1 = max(sal, 1)  # zero-sized arrays arrive as one dummy element (the kernel reads none of it)
 
+    refused = _refused("evla_haar_gemm_f32_flat")
+
     @T.prim_func(private=True)
     def haar_binary_matmul_c(X: T.Buffer((mm, k), "float32"), SI: T.Buffer((sal1,), "uint16"),
                              S1: T.Buffer((sal1, column_bytes), "uint8"),
@@ -350,8 +365,9 @@ def extern_haar_binary_matmul(rows: int, out_features: int, in_features: int, sa
                              C: T.Buffer((nn, kh // g), "uint8"), BASE: T.Buffer((1,), "float32"),
                              Y: T.Buffer((mm, nn), "float32")):
         T.func_attr({"op_pattern": 8, "tir.noalias": True})
-        T.evaluate(T.call_extern("int32", "evla_haar_gemm_f32_flat", X.data, mm, SI.data, S1.data, S2.data, SS.data,
-                                 B.data, C.data, BASE.data, nn, k, sal, g, Y.data))
+        status = T.call_extern("int32", "evla_haar_gemm_f32_flat", X.data, mm, SI.data, S1.data, S2.data, SS.data,
+                               B.data, C.data, BASE.data, nn, k, sal, g, Y.data)
+        assert status == 0, refused
 
     return haar_binary_matmul_c
 
@@ -360,10 +376,13 @@ def extern_group_sparse_matmul(rows: int, out_features: int, in_features: int, g
     """Y = X @ W.T for group_sparse through the linked C kernel; same signature as the TIR kernel."""
     mm, nn, k, g, r = rows, out_features, in_features, group, kept
 
+    refused = _refused("evla_gs_gemm_f32_flat")
+
     @T.prim_func(private=True)
     def group_sparse_matmul_c(X: T.Buffer((mm, k), "float32"), V: T.Buffer((nn, r * g), "float16"),
                               GI: T.Buffer((nn, r), "uint16"), Y: T.Buffer((mm, nn), "float32")):
         T.func_attr({"op_pattern": 8, "tir.noalias": True})
-        T.evaluate(T.call_extern("int32", "evla_gs_gemm_f32_flat", X.data, mm, V.data, GI.data, nn, k, g, r, Y.data))
+        status = T.call_extern("int32", "evla_gs_gemm_f32_flat", X.data, mm, V.data, GI.data, nn, k, g, r, Y.data)
+        assert status == 0, refused
 
     return group_sparse_matmul_c

@@ -107,7 +107,8 @@ class Wasm32Target(Target):
     def tvm_target(self) -> dict:
         return {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm", "mattr": ["+simd128"]}
 
-    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False, tuning=None) -> Path:
+    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False, tuning=None,
+              dense_library: bool = False) -> Path:
         import tvm
 
         self.refuse_tuning(tuning, "TVM's RPC has no server for a wasm engine here to measure candidates on")

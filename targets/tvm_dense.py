@@ -1,0 +1,157 @@
+"""Dense fp32 ops of an imported Relax module -> calls into a linked library (oneDNN on x86_64).
+
+TVM 0.27's default CPU pipeline leaves MatMul and Conv2d unscheduled (10x slower than onnxruntime on the
+reach policy: `edgevla bench compile`), and tuning results cannot be saved in this wheel. So on targets
+with a dense library, every float32 MatMul whose second operand is a constant weight (a Linear layer) and
+every NCHW/OIHW float32 Conv2d with a constant weight becomes one `call_tir` of an opaque PrimFunc that
+calls `kernels_arm/src/lib/dense_*.c` (kernels_arm/include/edgevla/dense.h), which prepacks the weight on
+its first call and runs the library's kernel. The status each call returns is checked: a refused call
+fails the bundle call with the op's name and shape instead of leaving the output unwritten.
+Everything else (attention's activation x activation products, elementwise ops, norms) stays with TVM.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.script import tirx as T
+
+_MATMUL = tvm.ir.Op.get("relax.matmul")
+_CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
+_PERMUTE = tvm.ir.Op.get("relax.permute_dims")
+
+
+def matmul_kernel(rows: int, n: int, k: int):
+    """Y[rows, n] = X[rows, k] @ W[k, n] by evla_dense_matmul_f32."""
+    message = f"edgevla: dense MatMul {rows}x{k} @ {k}x{n} was refused by the dense library (see dense.h codes)"
+
+    @T.prim_func(private=True)
+    def dense_matmul(X: T.Buffer((rows, k), "float32"), W: T.Buffer((k, n), "float32"),
+                     Y: T.Buffer((rows, n), "float32")):
+        T.func_attr({"op_pattern": 8, "tir.noalias": True})
+        status = T.call_extern("int32", "evla_dense_matmul_f32", X.data, rows, W.data, n, k, Y.data)
+        assert status == 0, message
+
+    return dense_matmul
+
+
+def conv2d_kernel(x_shape, w_shape, y_shape, strides, padding, dilation, groups: int):
+    """NCHW conv2d by evla_dense_conv2d_f32_flat; padding is (top, left, bottom, right) as Relax has it."""
+    b, c, h, w = x_shape
+    o, i, kh, kw = w_shape
+    oh, ow = y_shape[2], y_shape[3]
+    sh, sw = strides
+    pt, pl, pb, pr = padding
+    dh, dw = dilation
+    message = (f"edgevla: dense Conv2d {list(x_shape)} * {list(w_shape)} (groups {groups}) was refused by the "
+               "dense library (see dense.h codes)")
+
+    @T.prim_func(private=True)
+    def dense_conv2d(X: T.Buffer((b, c, h, w), "float32"), W: T.Buffer((o, i, kh, kw), "float32"),
+                     Y: T.Buffer((b, o, oh, ow), "float32")):
+        T.func_attr({"op_pattern": 8, "tir.noalias": True})
+        status = T.call_extern("int32", "evla_dense_conv2d_f32_flat", X.data, W.data, Y.data, b, c, h, w, o, oh, ow,
+                               kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, groups)
+        assert status == 0, message
+
+    return dense_conv2d
+
+
+def _static_shape(expr) -> tuple[int, ...] | None:
+    ty = getattr(expr, "ty", None)
+    if not isinstance(ty, relax.TensorType) or ty.dtype != "float32" or ty.shape is None:
+        return None
+    try:
+        return tuple(int(d) for d in ty.shape)
+    except TypeError:  # a symbolic dimension
+        return None
+
+
+@relax.expr_functor.mutator
+class _DenseToLibrary(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule):
+        super().__init__(mod)
+        self.mod_ = mod
+        self.lowered = Counter()
+        self.kernels: dict[tuple, tvm.ir.GlobalVar] = {}
+
+    def transform(self) -> tvm.IRModule:
+        for gv, func in self.mod_.functions_items():
+            if isinstance(func, relax.Function):
+                self.builder_.update_func(gv, self.visit_expr(func))
+        return self.builder_.get()
+
+    def _constant(self, expr) -> np.ndarray | None:
+        """The value of `expr` when it is a constant tensor or a transpose of one (how ONNX weights arrive)."""
+        if isinstance(expr, relax.Var):
+            bound = self.lookup_binding(expr)
+            if bound is None:
+                return None
+            expr = bound
+        if isinstance(expr, tvm.ir.expr.Constant):
+            value = getattr(expr, "data", None) or getattr(expr, "value", None)
+            return value.numpy() if hasattr(value, "numpy") else None
+        if isinstance(expr, relax.Call) and expr.op == _PERMUTE:
+            inner = self._constant(expr.args[0])
+            if inner is None:
+                return None
+            axes = expr.attrs.axes
+            return np.ascontiguousarray(np.transpose(inner, None if axes is None else [int(a) for a in axes]))
+        return None
+
+    def _kernel(self, key: tuple, make):
+        if key not in self.kernels:
+            self.kernels[key] = self.builder_.add_func(make(), "edgevla_dense_" + "_".join(map(str, key)))
+        return self.kernels[key]
+
+    def visit_call_(self, original):
+        call = self.visit_expr_post_order(original)
+        if call.op == _MATMUL:
+            return self._matmul(call, _static_shape(original))
+        if call.op == _CONV2D:
+            return self._conv2d(call, _static_shape(original))
+        return call
+
+    def _matmul(self, call, y_shape):
+        x_shape = _static_shape(call.args[0])
+        weight = self._constant(call.args[1])
+        if x_shape is None or y_shape is None or weight is None or weight.ndim != 2 or weight.dtype != np.float32:
+            return call
+        k, n = weight.shape
+        rows = int(np.prod(x_shape[:-1])) if len(x_shape) > 1 else 1
+        if x_shape[-1] != k or rows < 1:
+            return call
+        gv = self._kernel(("matmul", rows, n, k), lambda: matmul_kernel(rows, n, k))
+        x2 = self.builder_.emit(relax.op.reshape(call.args[0], (rows, k))) if len(x_shape) != 2 else call.args[0]
+        y = self.builder_.emit(relax.call_tir(gv, [x2, relax.const(weight)],
+                                              out_ty=relax.TensorType((rows, n), "float32")))
+        self.lowered["MatMul"] += 1
+        return relax.op.reshape(y, y_shape) if len(x_shape) != 2 else y
+
+    def _conv2d(self, call, y_shape):
+        attrs = call.attrs
+        x_shape = _static_shape(call.args[0])
+        weight = self._constant(call.args[1])
+        if (x_shape is None or y_shape is None or weight is None or weight.dtype != np.float32 or
+                attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW" or
+                (attrs.out_dtype and str(attrs.out_dtype) not in ("", "float32", "void"))):
+            return call
+        strides = tuple(int(v) for v in attrs.strides)
+        padding = tuple(int(v) for v in attrs.padding)
+        dilation = tuple(int(v) for v in attrs.dilation)
+        groups = int(attrs.groups)
+        key = ("conv2d", *x_shape, *weight.shape, *strides, *padding, *dilation, groups)
+        gv = self._kernel(key, lambda: conv2d_kernel(x_shape, weight.shape, y_shape, strides, padding, dilation,
+                                                     groups))
+        self.lowered["Conv2d"] += 1
+        return relax.call_tir(gv, [call.args[0], relax.const(weight)], out_ty=relax.TensorType(y_shape, "float32"))
+
+
+def lower_dense_ops(mod: tvm.IRModule) -> tuple[tvm.IRModule, Counter]:
+    """(module with library calls for the dense ops, how many of each op were lowered)."""
+    rewriter = _DenseToLibrary(mod)
+    lowered = rewriter.transform()
+    return relax.transform.DeadCodeElimination()(lowered), rewriter.lowered
