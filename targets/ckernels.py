@@ -36,13 +36,14 @@ class Arch:
 
 
 ZIG_CC = (sys.executable, "-m", "ziglang", "cc")
+AVX512_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512vnni", "-mavx512dq", "-mavx512vpopcntdq", "-mavx512vl", "-mfma",
+                "-DEVLA_WITH_AVX2")
 ARCHES = {
     "x86_64": Arch("x86_64", ("gcc",),
                    (("src/ref/kernels_ref.c", ("-DEVLA_WITH_AVX2",)),
                     ("src/x86/kernels_avx2.c", ("-mavx2", "-mfma", "-mf16c", "-DEVLA_WITH_AVX2")),
-                    ("src/x86/kernels_avx512.c", ("-mavx512f", "-mavx512bw", "-mavx512vnni", "-mavx512dq",
-                                                  "-mavx512vpopcntdq", "-mavx512vl", "-mfma",
-                                                  "-DEVLA_WITH_AVX2")),
+                    ("src/x86/kernels_avx512.c", AVX512_FLAGS),
+                    ("src/x86/kernels_avx512_tiles.c", AVX512_FLAGS),
                     ("src/dispatch.c", ("-DEVLA_WITH_AVX2",))), ("-lm",), ()),
     "aarch64": Arch("aarch64", ("aarch64-linux-gnu-gcc",),
                     (("src/ref/kernels_ref.c", ()), ("src/arm/kernels_neon.c", ("-march=armv8-a",)),
@@ -133,6 +134,39 @@ def link_objects(arch_name: str) -> list[Path]:
                 raise RuntimeError(f"building the {arch_name} kernels failed: {e.stderr[-2000:]}") from e
         objects.append(obj)
     return objects
+
+
+@dataclass(frozen=True)
+class DenseLibrary:
+    """A well-kept library behind kernels_arm/include/edgevla/dense.h for one architecture."""
+    name: str
+    source: str                 # our binding, under kernels_arm/
+    header: str                 # the library's header the binding includes (checked before building)
+    link: tuple[str, ...]       # how the bundle library links it (a shared library the device must have)
+    debian: str                 # the Debian package with the header and the library (what a robot installs)
+
+
+DENSE_LIBRARIES = {
+    "x86_64": DenseLibrary("onednn", "src/lib/dense_onednn.c", "oneapi/dnnl/dnnl.h", ("-Wl,--no-as-needed", "-ldnnl", "-lgomp"),
+                           "libdnnl-dev (robot: libdnnl2)"),
+}
+
+
+def dense_library_objects(arch_name: str) -> tuple[list[Path], list[str]]:
+    """(objects of the dense-op binding for `arch_name`, linker options for the library it calls)."""
+    library = DENSE_LIBRARIES[arch_name]
+    arch = ARCHES[arch_name]
+    if not any((Path(d) / library.header).is_file() for d in ("/usr/include", "/usr/local/include")):
+        raise RuntimeError(f"the {library.name} headers ({library.header}) are not installed: run scripts/setup.sh as "
+                           f"root (Debian package {library.debian}), or compile with dense='tvm'")
+    obj = _cache(_digest(arch, ("dense", library.source))) / (Path(library.source).stem + ".o")
+    if not obj.exists():
+        try:
+            subprocess.run([*arch.compiler, *COMMON, "-fPIC", "-c", str(ROOT / library.source), "-o", str(obj)],
+                           check=True, capture_output=True, text=True)
+        except subprocess.CalledProcessError as e:
+            raise RuntimeError(f"building the {library.name} binding failed: {e.stderr[-2000:]}") from e
+    return [obj], list(library.link)
 
 
 class NativeKernels:

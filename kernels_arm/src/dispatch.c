@@ -5,6 +5,7 @@
 
 #if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
 void evla_b1_gemm_f32_avx512(const float *x, int32_t rows, const evla_b1_plane *w, float *y);
+void evla_b1_gemm_f32_avx512_tiles(const float *x, int32_t rows, const evla_b1_plane *w, float *y);
 void evla_b1_gemm_i8_avx512(const evla_i8_rows *qx, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_nm_m4_gemm_f32_avx512(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
 void evla_bxb_gemm_avx512(const uint8_t *xbits, const float *x_scales, int32_t rows, const evla_b1_matrix *w,
@@ -125,9 +126,14 @@ static int check_b1(const float *x, int32_t rows, const evla_b1_matrix *w, const
     return EVLA_OK;
 }
 
+/* From this many activation rows on, the AVX-512 token-batch variant (lanes over outputs, masks transposed once
+   per tile) beats the GEMV variant (`edgevla bench kernels`, rows 1..16). */
+#define B1_TILE_MIN_ROWS 4
+
 /* fp32 x 1-bit over a plane (float16 or log-coded scales): the best variant for this CPU. */
 static void b1_plane_gemm_f32(const float *x, int32_t rows, const evla_b1_plane *p, float *y) {
 #if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
+    if (use_avx512() && rows >= B1_TILE_MIN_ROWS) { evla_b1_gemm_f32_avx512_tiles(x, rows, p, y); return; }
     if (use_avx512() && p->group_size % 16 == 0) { evla_b1_gemm_f32_avx512(x, rows, p, y); return; }
     if (use_avx2()) { evla_b1_gemm_f32_avx2(x, rows, p, y); return; }
 #endif

@@ -1,5 +1,6 @@
 /*
- * edgevla CPU kernels over the packed formats of formats.h: small-batch GEMM (rows 1..16), y = x W^T.
+ * edgevla CPU kernels over the packed formats of formats.h: small-batch GEMM (rows 1..16 per call; the flat
+ * forms for generated code take any row count), y = x W^T.
  *
  * Every public entry point checks its arguments before touching memory: NULL pointers, row counts outside
  * 1..EVLA_MAX_ROWS, and every buffer length against what the format's padding rule requires for the
