@@ -452,6 +452,32 @@ def haar_binary_matmul_ref(x: np.ndarray, packed: PackedWeight) -> np.ndarray:
     return (haar_forward(u) @ wh.T.astype(np.float64) + x[..., idx] @ ws.T.astype(np.float64)).astype(np.float32)
 
 
+def quantize_rows_i8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the int8-activation kernels do to each activation row: q = round(x / s), s = max|x| / 127 (1 for a
+    zero row), rounding half to even. Returns (q as float64, s [rows, 1])."""
+    x = np.asarray(x, dtype=np.float32)
+    absmax = np.abs(x).max(axis=-1, keepdims=True)
+    scale = np.where(absmax > 0, absmax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+    q = np.clip(np.rint(x * (np.float32(1.0) / scale)), -127, 127)
+    return q.astype(np.float64), scale.astype(np.float64)
+
+
+def haar_binary_matmul_i8_ref(x: np.ndarray, packed: PackedWeight) -> np.ndarray:
+    """haar_binary with int8 activations (a bundle compiled with int8 activations): the Haar-domain
+    activations are quantized per row, the salient columns stay fp32."""
+    x = np.asarray(x, dtype=np.float32)
+    k = packed.attrs["in_features"]
+    wh, ws, idx = haar_binary_parts(packed)
+    others = haar_other_columns(k, idx)
+    u = np.zeros((*x.shape[:-1], wh.shape[1]), np.float32)
+    u[..., : others.size] = x[..., others]
+    even, odd = u[..., 0::2], u[..., 1::2]
+    h = np.concatenate([even + odd, even - odd], axis=-1) * np.float32(1.0 / np.sqrt(2.0))
+    q, scale = quantize_rows_i8(h)
+    return (scale * (q @ wh.T.astype(np.float64)) + x[..., idx].astype(np.float64) @ ws.T.astype(np.float64)).astype(
+        np.float32)
+
+
 # ------------------------------------------------------------------------------------ dense_sparse
 def pack_dense_sparse(*, dictionary: np.ndarray, values: np.ndarray, atom_idx: np.ndarray) -> PackedWeight:
     dictionary = np.asarray(dictionary, dtype=np.float32)

@@ -19,7 +19,8 @@ def _demo(args) -> int:
 def _compile(args) -> int:
     from edgevla.targets import compile_bundle, verify_bundle
 
-    bundle = compile_bundle(args.model, args.target, args.output, kernels=args.kernels, dense=args.dense)
+    bundle = compile_bundle(args.model, args.target, args.output, kernels=args.kernels, dense=args.dense,
+                            activations=args.activations)
     print(f"wrote {bundle.path} ({bundle.target['name']}, library {bundle.manifest['library']}, dense ops: "
           f"{bundle.manifest['dense']})")
     if not args.no_verify:
@@ -40,7 +41,7 @@ def _tune(args) -> int:
         host, port = parse_tracker(args.rpc_tracker)
         rpc = RpcSettings(tracker_host=host, tracker_port=port, key=args.rpc_key)
     bundle = compile_bundle(args.model, args.target, args.output, kernels=args.kernels, dense=args.dense,
-                            tuning=TuneSettings(trials=args.trials, rpc=rpc))
+                            activations=args.activations, tuning=TuneSettings(trials=args.trials, rpc=rpc))
     report = bundle.manifest["tuning"]
     print(f"wrote {bundle.path} ({bundle.target['name']}): {report['tuned_tasks']} of {report['tasks']} kernels tuned, "
           f"{report['measured']} candidates measured on {report['measured_on']} in {report['seconds']:.0f} s")
@@ -310,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense", choices=["auto", "library", "tvm"], default="auto",
                    help="fp32 MatMul/Conv2d with constant weights: the target's dense library where it has one "
                         "(auto, default; oneDNN on x86_64 hosts), or TVM's own code")
+    p.add_argument("--activations", choices=["fp32", "int8"], default="fp32",
+                   help="fp32 (default): every layer exactly as the ONNX file defines it; int8: 1-bit layers "
+                        "(binary, haar_binary) quantize each activation row to int8 (faster, an approximation "
+                        "checked with a looser tolerance)")
     p.set_defaults(func=_compile)
 
     p = verbs.add_parser("tune", help="compile like `compile`, with every schedulable kernel tuned by MetaSchedule "
@@ -325,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip running the bundle against onnxruntime")
     p.add_argument("--kernels", choices=["auto", "c", "tir"], default="auto", help="as for compile")
     p.add_argument("--dense", choices=["auto", "library", "tvm"], default="auto", help="as for compile")
+    p.add_argument("--activations", choices=["fp32", "int8"], default="fp32", help="as for compile")
     p.set_defaults(func=_tune)
 
     p = verbs.add_parser("verify", help="run a bundle on its target (as closely as this machine allows) and "

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from edgevla.runtime.bundle import Bundle
-from .base import Target, register_target
+from .base import BuildOptions, Target, register_target
 
 CROSS_COMPILER = "aarch64-linux-gnu-g++"
 
@@ -51,23 +51,23 @@ class Arm64Target(Target):
 
     c_kernel_arch = "aarch64"
 
-    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False, tuning=None,
-              dense_library: bool = False) -> Path:
+    def build(self, model: onnx.ModelProto, out_dir: Path, options: BuildOptions) -> Path:
         from . import ckernels, tune, tvm_backend
 
+        tuning = options.tuning
         if tuning is not None and tuning.rpc is None:
             raise ValueError(f"tuning {self.name} needs the board: measure through an RPC tracker (--rpc-tracker "
                              "HOST:PORT --rpc-key KEY); timings under qemu say nothing about the board's speed")
         if shutil.which(CROSS_COMPILER) is None:
             raise RuntimeError(f"{CROSS_COMPILER} is not installed: run scripts/setup.sh as root (Debian package "
                                "g++-aarch64-linux-gnu) or put an aarch64 cross g++ on PATH")
-        mod = tvm_backend.import_onnx(model, c_kernels=c_kernels)
+        mod = tvm_backend.import_onnx(model, c_kernels=options.c_kernels, int8_activations=options.int8_activations)
         if tuning is not None:
             executable = tune.tune_and_compile(mod, self.tvm_target(), tuning, cross_compiler=CROSS_COMPILER,
                                                report_path=Path(out_dir) / tune.REPORT_FILE)
         else:
             executable = tvm_backend.compile_module(mod, self.tvm_target())
-        addons = ckernels.link_objects("aarch64") if c_kernels else None
+        addons = ckernels.link_objects("aarch64") if options.c_kernels else None
         return tvm_backend.export_library(executable, Path(out_dir) / "model.so", cross_compiler=CROSS_COMPILER,
                                           addons=addons)
 

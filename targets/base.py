@@ -12,6 +12,15 @@ import onnx
 from edgevla.runtime.bundle import Bundle, compare_outputs
 
 
+@dataclass(frozen=True, kw_only=True)
+class BuildOptions:
+    """How a target builds a bundle's library (compile_bundle fills it from its arguments)."""
+    c_kernels: bool = False          # packed formats with a kernels_arm C kernel call it instead of a TIR kernel
+    int8_activations: bool = False   # with c_kernels: binary/haar_binary quantize activation rows to int8
+    dense_library: bool = False      # fp32 MatMul/Conv2d with constant weights call the target's dense library
+    tuning: object = None            # targets.tune.TuneSettings: MetaSchedule first (None: the default schedules)
+
+
 @dataclass(frozen=True)
 class VerifyReport:
     target: str
@@ -45,13 +54,13 @@ class Target(abc.ABC):
     dense_library_arch: str | None = None
 
     @abc.abstractmethod
-    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False, tuning=None,
-              dense_library: bool = False) -> Path:
-        """Compile `model` into a library inside out_dir; returns its path. With `c_kernels`, packed formats
-        that have a kernels_arm C kernel call it (linked into the library) instead of their TIR kernel. With
-        `tuning` (targets.tune.TuneSettings), kernels are scheduled by MetaSchedule first and the tuning report
-        is written next to the library (targets that cannot be tuned refuse it). With `dense_library` (only
-        passed where `dense_library_arch` is set), fp32 MatMul/Conv2d with constant weights call that library."""
+    def build(self, model: onnx.ModelProto, out_dir: Path, options: BuildOptions) -> Path:
+        """Compile `model` into a library inside out_dir; returns its path. With `options.c_kernels`, packed formats
+        that have a kernels_arm C kernel call it (linked into the library) instead of their TIR kernel (and with
+        `int8_activations` their int8-activation form). With `options.tuning` (targets.tune.TuneSettings),
+        kernels are scheduled by MetaSchedule first and the tuning report is written next to the library
+        (targets that cannot be tuned refuse it). `options.dense_library` is only set where
+        `dense_library_arch` is: fp32 MatMul/Conv2d with constant weights then call that library."""
 
     def refuse_tuning(self, tuning, why: str) -> None:
         if tuning is not None:

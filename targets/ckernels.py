@@ -71,8 +71,10 @@ KERNEL_ARRAYS = {
     "haar": ("salient_idx", "salient_bits", "salient_residual_bits", "salient_scales", "bits", "scale_codes",
              "scale_base"),
 }
+KERNEL_ARRAYS["haari8"] = KERNEL_ARRAYS["haar"]  # haar_binary with the Haar-domain activations in int8
 KERNEL_PARAMS = {"b1f32": ("group_size", None), "b1i8": ("group_size", None), "bxb": ("group_size", None),
-                 "nm": ("n", "m"), "gs": ("group", "kept"), "haar": ("salient", "group_size")}
+                 "nm": ("n", "m"), "gs": ("group", "kept"), "haar": ("salient", "group_size"),
+                 "haari8": ("salient", "group_size")}
 
 
 def _cache(key: str) -> Path:

@@ -8,7 +8,7 @@ import onnx
 
 from edgevla.runtime.bundle import Bundle, this_machine
 from edgevla.runtime.engine import TvmPolicy
-from .base import Target, register_target
+from .base import BuildOptions, Target, register_target
 
 
 class HostTarget(Target):
@@ -22,18 +22,17 @@ class HostTarget(Target):
     c_kernel_arch = this_machine() if this_machine() == "x86_64" else None
     dense_library_arch = this_machine() if this_machine() == "x86_64" else None
 
-    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False, tuning=None,
-              dense_library: bool = False) -> Path:
+    def build(self, model: onnx.ModelProto, out_dir: Path, options: BuildOptions) -> Path:
         from . import ckernels, tune, tvm_backend, tvm_dense
 
-        mod = tvm_backend.import_onnx(model, c_kernels=c_kernels)
-        addons, link_options = (ckernels.link_objects(self.c_kernel_arch) if c_kernels else []), []
-        if dense_library:
+        mod = tvm_backend.import_onnx(model, c_kernels=options.c_kernels, int8_activations=options.int8_activations)
+        addons, link_options = (ckernels.link_objects(self.c_kernel_arch) if options.c_kernels else []), []
+        if options.dense_library:
             mod, _ = tvm_dense.lower_dense_ops(mod)
             objects, link_options = ckernels.dense_library_objects(self.dense_library_arch)
             addons += objects
-        if tuning is not None:
-            executable = tune.tune_and_compile(mod, self.tvm_target(), tuning,
+        if options.tuning is not None:
+            executable = tune.tune_and_compile(mod, self.tvm_target(), options.tuning,
                                                report_path=Path(out_dir) / tune.REPORT_FILE)
         else:
             executable = tvm_backend.compile_module(mod, self.tvm_target())

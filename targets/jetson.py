@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx
 
 from edgevla.runtime.bundle import Bundle
-from .base import Target, VerifyReport, register_target
+from .base import BuildOptions, Target, VerifyReport, register_target
 from .arm64 import CROSS_COMPILER
 
 KERNEL_SOURCE = "device/kernels.cu"
@@ -63,12 +63,11 @@ class JetsonOrinTarget(Target):
     def tvm_target(self):
         return self.tag
 
-    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False, tuning=None,
-              dense_library: bool = False) -> Path:
+    def build(self, model: onnx.ModelProto, out_dir: Path, options: BuildOptions) -> Path:
         # the packed kernels run on the GPU here: TIR kernels under dlight schedules, never the CPU C kernels
         from . import tvm_backend
 
-        self.refuse_tuning(tuning, "its kernels already get dlight GPU schedules, and measuring them needs the "
+        self.refuse_tuning(options.tuning, "its kernels already get dlight GPU schedules, and measuring them needs the "
                                    "Jetson's GPU (CPU tuning rules do not apply)")
         if shutil.which(CROSS_COMPILER) is None:
             raise RuntimeError(f"{CROSS_COMPILER} is not installed: run scripts/setup.sh as root (Debian package "

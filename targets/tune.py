@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -123,6 +124,15 @@ def check_tracker(rpc: RpcSettings) -> None:
                            f"--tracker {rpc.tracker_host}:{rpc.tracker_port} --key {rpc.key}`")
 
 
+def _reads_integers(script: str) -> bool:
+    """Whether a task's kernel takes integer tensors (token ids for a Gather, indices), read from its TVMScript
+    signature: measured on random inputs such a kernel reads out of bounds and kills the process measuring it
+    (an RPC server's segfault leaves TVM's runner waiting forever), and it is memory-bound, nothing a schedule
+    would speed up."""
+    signature = script[script.index("def "):script.index(":\n", script.index("def "))] if "def " in script else ""
+    return bool(re.search(r'T\.Buffer\([^)]*\), "u?int(16|32|64)"', signature))
+
+
 def tune_and_compile(mod, target_spec: dict, settings: TuneSettings, *, cross_compiler: str | None = None,
                      report_path: Path | None = None):
     """Legalize and fuse `mod`, tune every schedulable kernel, compile with the best schedules found.
@@ -144,7 +154,8 @@ def tune_and_compile(mod, target_spec: dict, settings: TuneSettings, *, cross_co
     tunable, skipped = [], []
     for task in extracted:
         script = task.dispatched[0].script()
-        (skipped if "T.call_extern(" in script or "T.sblock(" not in script else tunable).append(task)
+        (skipped if "T.call_extern(" in script or "T.sblock(" not in script or _reads_integers(script)
+         else tunable).append(task)
     contexts = []
     for task in tunable:
         space = ms.space_generator.PostOrderApply(

@@ -41,7 +41,10 @@ def _constant_array(expr, what: str) -> np.ndarray:
 
 # Formats that can call a linked kernels_arm C kernel instead of their TIR kernel (set per import).
 C_KERNEL_FORMATS = ("binary", "nm", "haar_binary", "group_sparse")
+# Formats whose C kernel has an int8-activation form (compile_bundle(..., activations="int8")).
+INT8_ACTIVATION_FORMATS = ("binary", "haar_binary")
 _use_c_kernels = False
+_int8_activations = False
 
 
 def _kernel_for(format_name: str, rows: int, attrs: dict, arrays: list[np.ndarray]):
@@ -49,12 +52,12 @@ def _kernel_for(format_name: str, rows: int, attrs: dict, arrays: list[np.ndarra
     n = formats.out_features_of(format_name, arrays)
     k = attrs["in_features"]
     if _use_c_kernels and format_name == "binary":
-        return tvm_kernels.extern_binary_matmul(rows, n, k, attrs["group_size"]), []
+        return tvm_kernels.extern_binary_matmul(rows, n, k, attrs["group_size"], int8=_int8_activations), []
     if _use_c_kernels and format_name == "nm":
         return tvm_kernels.extern_nm_matmul(rows, n, k, attrs["n"], attrs["m"], arrays[1].shape[1]), []
     if _use_c_kernels and format_name == "haar_binary":
         return tvm_kernels.extern_haar_binary_matmul(rows, n, k, attrs["salient"], attrs["group_size"],
-                                                     arrays[4].shape[1] * 8), []
+                                                     arrays[4].shape[1] * 8, int8=_int8_activations), []
     if _use_c_kernels and format_name == "group_sparse":
         return tvm_kernels.extern_group_sparse_matmul(rows, n, k, attrs["group"], attrs["kept"]), []
     if format_name == "binary":
@@ -169,8 +172,8 @@ def check_supported(model: onnx.ModelProto) -> None:
 
 
 @contextlib.contextmanager
-def _custom_converters(c_kernels: bool = False):
-    global _use_c_kernels
+def _custom_converters(c_kernels: bool = False, int8_activations: bool = False):
+    global _use_c_kernels, _int8_activations
     original = onnx_frontend._get_convert_map
 
     def patched():
@@ -179,17 +182,21 @@ def _custom_converters(c_kernels: bool = False):
         return table
 
     onnx_frontend._get_convert_map = patched
-    _use_c_kernels = c_kernels
+    _use_c_kernels, _int8_activations = c_kernels, int8_activations
     try:
         yield
     finally:
         onnx_frontend._get_convert_map = original
-        _use_c_kernels = False
+        _use_c_kernels, _int8_activations = False, False
 
 
-def import_onnx(model: onnx.ModelProto, *, c_kernels: bool = False) -> tvm.IRModule:
+def import_onnx(model: onnx.ModelProto, *, c_kernels: bool = False, int8_activations: bool = False) -> tvm.IRModule:
     """ONNX (static shapes) -> Relax IRModule with edgevla ops lowered to TIR kernels; with `c_kernels`, the
-    formats in C_KERNEL_FORMATS call the kernels_arm C kernels instead (link them with `addons`)."""
+    formats in C_KERNEL_FORMATS call the kernels_arm C kernels instead (link them with `addons`); with
+    `int8_activations` (C kernels only), the formats in INT8_ACTIVATION_FORMATS quantize their activation rows
+    to int8 inside the kernel (an approximation of the fp32 op that the bundle's tolerance states)."""
+    if int8_activations and not c_kernels:
+        raise ValueError("int8 activations need the C kernels (kernels='c' or 'auto' on a target that has them)")
     from edgevla.exporters.inspect_onnx import check_domain_version
 
     check_domain_version(model)
@@ -199,7 +206,7 @@ def import_onnx(model: onnx.ModelProto, *, c_kernels: bool = False) -> tvm.IRMod
         if any(not d.HasField("dim_value") for d in dims):
             raise ValueError(f"input {value.name!r} has a symbolic dimension; TVM compiles static shapes: "
                              "export with dynamic_batch=False")
-    with _custom_converters(c_kernels):
+    with _custom_converters(c_kernels, int8_activations):
         return relax.frontend.onnx.from_onnx(model, keep_params_in_input=False)
 
 

@@ -312,19 +312,20 @@ def _refused(kernel: str) -> str:
             "the output was not written")
 
 
-def extern_binary_matmul(rows: int, out_features: int, in_features: int, group_size: int):
+def extern_binary_matmul(rows: int, out_features: int, in_features: int, group_size: int, *, int8: bool = False):
     """Y = X @ W.T for the binary format by a call into the linked kernels_arm C kernel (best SIMD variant
-    of the CPU, picked at run time); same signature as `binary_matmul_kernel`."""
+    of the CPU, picked at run time); same signature as `binary_matmul_kernel`. With `int8`, each activation
+    row is quantized to int8 inside the kernel (evla_b1_gemm_i8_flat)."""
     m, n, k, g = rows, out_features, in_features, group_size
     kp = formats.padded_length(k, g)
-
-    refused = _refused("evla_b1_gemm_f32_flat")
+    kernel = "evla_b1_gemm_i8_flat" if int8 else "evla_b1_gemm_f32_flat"
+    refused = _refused(kernel)
 
     @T.prim_func(private=True)
     def binary_matmul_c(X: T.Buffer((m, k), "float32"), B: T.Buffer((n, kp // 8), "uint8"),
                         S: T.Buffer((n, kp // g), "float16"), Y: T.Buffer((m, n), "float32")):
         T.func_attr({"op_pattern": 8, "tir.noalias": True})
-        status = T.call_extern("int32", "evla_b1_gemm_f32_flat", X.data, m, B.data, S.data, n, k, g, Y.data)
+        status = T.call_extern("int32", kernel, X.data, m, B.data, S.data, n, k, g, Y.data)
         assert status == 0, refused
 
     return binary_matmul_c
@@ -348,14 +349,16 @@ def extern_nm_matmul(rows: int, out_features: int, in_features: int, n: int, m: 
 
 
 def extern_haar_binary_matmul(rows: int, out_features: int, in_features: int, salient: int, group_size: int,
-                              haar_length: int):
+                              haar_length: int, *, int8: bool = False):
     """Y = X @ W.T for haar_binary through the linked C kernel (activations Haar-transformed once per row
-    inside it); the signature of `haar_binary_matmul_kernel` without its `others` input."""
+    inside it); the signature of `haar_binary_matmul_kernel` without its `others` input. With `int8`, the
+    Haar-domain activations are quantized to int8 per row inside the kernel (evla_haar_gemm_i8_flat)."""
     mm, nn, k, sal, g, kh = rows, out_features, in_features, salient, group_size, haar_length
     column_bytes = (nn + 7) // 8
     sal1 = max(sal, 1)  # zero-sized arrays arrive as one dummy element (the kernel reads none of it)
 
-    refused = _refused("evla_haar_gemm_f32_flat")
+    kernel = "evla_haar_gemm_i8_flat" if int8 else "evla_haar_gemm_f32_flat"
+    refused = _refused(kernel)
 
     @T.prim_func(private=True)
     def haar_binary_matmul_c(X: T.Buffer((mm, k), "float32"), SI: T.Buffer((sal1,), "uint16"),
@@ -365,7 +368,7 @@ def extern_haar_binary_matmul(rows: int, out_features: int, in_features: int, sa
                              C: T.Buffer((nn, kh // g), "uint8"), BASE: T.Buffer((1,), "float32"),
                              Y: T.Buffer((mm, nn), "float32")):
         T.func_attr({"op_pattern": 8, "tir.noalias": True})
-        status = T.call_extern("int32", "evla_haar_gemm_f32_flat", X.data, mm, SI.data, S1.data, S2.data, SS.data,
+        status = T.call_extern("int32", kernel, X.data, mm, SI.data, S1.data, S2.data, SS.data,
                                B.data, C.data, BASE.data, nn, k, sal, g, Y.data)
         assert status == 0, refused
 

@@ -23,7 +23,7 @@ import onnx
 
 from edgevla.runtime.bundle import Bundle, compare_outputs
 from edgevla.runtime.engine import decode_outputs
-from .base import Target, VerifyReport, register_target
+from .base import BuildOptions, Target, VerifyReport, register_target
 
 WASM_FILE = "model.wasm"
 JS_FILE = "model.mjs"
@@ -107,14 +107,13 @@ class Wasm32Target(Target):
     def tvm_target(self) -> dict:
         return {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm", "mattr": ["+simd128"]}
 
-    def build(self, model: onnx.ModelProto, out_dir: Path, *, c_kernels: bool = False, tuning=None,
-              dense_library: bool = False) -> Path:
+    def build(self, model: onnx.ModelProto, out_dir: Path, options: BuildOptions) -> Path:
         import tvm
 
-        self.refuse_tuning(tuning, "TVM's RPC has no server for a wasm engine here to measure candidates on")
+        self.refuse_tuning(options.tuning, "TVM's RPC has no server for a wasm engine here to measure candidates on")
         from . import aot, ckernels, tvm_backend
 
-        mod = tvm_backend.import_onnx(model, c_kernels=c_kernels)
+        mod = tvm_backend.import_onnx(model, c_kernels=options.c_kernels, int8_activations=options.int8_activations)
         target = tvm.target.Target(self.tvm_target())
         lowered = aot.lower_for_aot(mod, target)
         plan = aot.plan_main(lowered)
@@ -126,7 +125,7 @@ class Wasm32Target(Target):
             executable.mod.write_to_file(str(tmp / "kernels.o"))
             (tmp / "weights.bin").write_bytes(plan.constant_blob())
             (tmp / "driver.c").write_text(aot.generate_driver(plan, title=model.graph.name or "model"))
-            objects = [str(o) for o in ckernels.link_objects("wasm32")] if c_kernels else []
+            objects = [str(o) for o in ckernels.link_objects("wasm32")] if options.c_kernels else []
             command = [*_zig_cc(), "--target=wasm32-wasi", "-mexec-model=reactor", "-O2", "-std=c23", "-msimd128",
                        *_ffi_includes(), "driver.c", "kernels.o", *objects, "-o", str(out_dir / WASM_FILE),
                        "-Wl,--strip-debug"]

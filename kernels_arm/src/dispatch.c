@@ -6,6 +6,7 @@
 #if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
 void evla_b1_gemm_f32_avx512(const float *x, int32_t rows, const evla_b1_plane *w, float *y);
 void evla_b1_gemm_f32_avx512_tiles(const float *x, int32_t rows, const evla_b1_plane *w, float *y);
+void evla_b1_gemm_i8_avx512_tiles(const evla_i8_rows *qx, int32_t rows, const evla_b1_plane *w, float *y);
 void evla_b1_gemm_i8_avx512(const evla_i8_rows *qx, int32_t rows, const evla_b1_matrix *w, float *y);
 void evla_nm_m4_gemm_f32_avx512(const float *x, int32_t rows, const evla_nm_matrix *w, float *y);
 void evla_bxb_gemm_avx512(const uint8_t *xbits, const float *x_scales, int32_t rows, const evla_b1_matrix *w,
@@ -154,21 +155,34 @@ int evla_b1_gemm_f32(const float *x, int32_t rows, const evla_b1_matrix *w, floa
     return EVLA_OK;
 }
 
-static void b1_gemm_i8(const evla_i8_rows *qx, int32_t rows, const evla_b1_matrix *w, float *y) {
+/* int8 x 1-bit over a plane: the token-batch tiles on AVX-512 (also for log-coded planes at any row count),
+   the GEMV variants for float16 planes elsewhere, the reference otherwise. */
+static void b1_plane_gemm_i8(const evla_i8_rows *qx, int32_t rows, const evla_b1_plane *p, float *y) {
 #if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
-    if (use_avx512() && w->group_size % 64 == 0) { evla_b1_gemm_i8_avx512(qx, rows, w, y); return; }
-    if (use_avx2() && w->group_size % 32 == 0) { evla_b1_gemm_i8_avx2(qx, rows, w, y); return; }
+    if (use_avx512() && (rows >= B1_TILE_MIN_ROWS || !p->scales)) {
+        evla_b1_gemm_i8_avx512_tiles(qx, rows, p, y);
+        return;
+    }
+#endif
+    if (p->scales) {
+        const evla_b1_matrix m = {p->bits, p->scales, p->out_features, p->in_features, p->group_size};
+        const evla_b1_matrix *w = &m;
+        (void)w;
+#if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
+        if (use_avx512() && w->group_size % 64 == 0) { evla_b1_gemm_i8_avx512(qx, rows, w, y); return; }
+        if (use_avx2() && w->group_size % 32 == 0) { evla_b1_gemm_i8_avx2(qx, rows, w, y); return; }
 #endif
 #if defined(__aarch64__)
-    if (use_neon_dotprod() && w->group_size % 16 == 0) { evla_b1_gemm_i8_neon_dotprod(qx, rows, w, y); return; }
+        if (use_neon_dotprod() && w->group_size % 16 == 0) { evla_b1_gemm_i8_neon_dotprod(qx, rows, w, y); return; }
 #endif
 #if defined(__aarch64__) || defined(__ARM_NEON)
-    if (use_neon() && w->group_size % 16 == 0) { evla_b1_gemm_i8_neon(qx, rows, w, y); return; }
+        if (use_neon() && w->group_size % 16 == 0) { evla_b1_gemm_i8_neon(qx, rows, w, y); return; }
 #endif
 #if defined(__wasm_simd128__)
-    if (use_simd128() && w->group_size % 16 == 0) { evla_b1_gemm_i8_simd128(qx, rows, w, y); return; }
+        if (use_simd128() && w->group_size % 16 == 0) { evla_b1_gemm_i8_simd128(qx, rows, w, y); return; }
 #endif
-    evla_b1_gemm_i8_ref(qx, rows, w, y);
+    }
+    evla_b1_gemm_i8_ref(qx, rows, p, y);
 }
 
 int evla_b1_gemm_i8(const float *x, int32_t rows, const evla_b1_matrix *w, float *y, const evla_lengths *len) {
@@ -176,7 +190,8 @@ int evla_b1_gemm_i8(const float *x, int32_t rows, const evla_b1_matrix *w, float
     if (status) return status;
     evla_i8_rows a;
     if (evla_i8_rows_make(&a, x, rows, w->in_features, w->group_size)) return EVLA_ERR_NOMEM;
-    b1_gemm_i8(&a, rows, w, y);
+    const evla_b1_plane plane = evla_plane_of(w);
+    b1_plane_gemm_i8(&a, rows, &plane, y);
     evla_i8_rows_free(&a);
     return EVLA_OK;
 }
@@ -202,18 +217,30 @@ int evla_nm_gemm_f32(const float *x, int32_t rows, const evla_nm_matrix *w, floa
     return EVLA_OK;
 }
 
-int evla_b1_gemm_f32_flat(const float *x, int32_t rows, const uint8_t *bits, const uint16_t *scales, int32_t n,
-                          int32_t k, int32_t group, float *y) {
+typedef int (*b1_entry)(const float *, int32_t, const evla_b1_matrix *, float *, const evla_lengths *);
+
+static int b1_flat(b1_entry entry, const float *x, int32_t rows, const uint8_t *bits, const uint16_t *scales,
+                   int32_t n, int32_t k, int32_t group, float *y) {
     if (group < 8 || group % 8 || k < 1 || n < 1 || rows < 1) return EVLA_ERR_SHAPE;
     const evla_b1_matrix w = {bits, scales, n, k, group};
     for (int32_t r0 = 0; r0 < rows; r0 += EVLA_MAX_ROWS) {
         const int32_t chunk = rows - r0 < EVLA_MAX_ROWS ? rows - r0 : EVLA_MAX_ROWS;
         const evla_lengths len = {(size_t)chunk * k, (size_t)n * evla_b1_row_bytes(k, group),
                                   (size_t)n * evla_b1_row_groups(k, group), (size_t)chunk * n};
-        int status = evla_b1_gemm_f32(x + (size_t)r0 * k, chunk, &w, y + (size_t)r0 * n, &len);
+        int status = entry(x + (size_t)r0 * k, chunk, &w, y + (size_t)r0 * n, &len);
         if (status) return status;
     }
     return EVLA_OK;
+}
+
+int evla_b1_gemm_f32_flat(const float *x, int32_t rows, const uint8_t *bits, const uint16_t *scales, int32_t n,
+                          int32_t k, int32_t group, float *y) {
+    return b1_flat(evla_b1_gemm_f32, x, rows, bits, scales, n, k, group, y);
+}
+
+int evla_b1_gemm_i8_flat(const float *x, int32_t rows, const uint8_t *bits, const uint16_t *scales, int32_t n,
+                         int32_t k, int32_t group, float *y) {
+    return b1_flat(evla_b1_gemm_i8, x, rows, bits, scales, n, k, group, y);
 }
 
 int evla_nm_gemm_f32_flat(const float *x, int32_t rows, const uint16_t *values, const uint8_t *indices, int32_t n,
@@ -252,7 +279,8 @@ int evla_bxb_gemm(const uint8_t *xbits, const float *x_scales, int32_t rows, con
     return EVLA_OK;
 }
 
-int evla_haar_gemm_f32(const float *x, int32_t rows, const evla_haar_matrix *w, float *y, const evla_haar_lengths *len) {
+static int haar_gemm(const float *x, int32_t rows, const evla_haar_matrix *w, float *y, const evla_haar_lengths *len,
+                     int int8) {
     if (!x || !w || !y || !len || !w->bits || !w->scale_codes || (w->salient > 0 && (!w->salient_idx ||
         !w->salient_bits || !w->salient_residual_bits || !w->salient_scales)))
         return EVLA_ERR_NULL;
@@ -276,10 +304,25 @@ int evla_haar_gemm_f32(const float *x, int32_t rows, const evla_haar_matrix *w, 
     for (int32_t r = 0; r < rows; r++)
         evla_haar_transform_row(x + (size_t)r * k, k, w->salient_idx, s, kh, h + (size_t)r * kh);
     const evla_b1_plane plane = {w->bits, NULL, w->scale_codes, code_scales, n, kh, g};
-    b1_plane_gemm_f32(h, rows, &plane, y);
+    if (int8) {
+        evla_i8_rows a;
+        if (evla_i8_rows_make(&a, h, rows, kh, g)) { free(h); return EVLA_ERR_NOMEM; }
+        b1_plane_gemm_i8(&a, rows, &plane, y);
+        evla_i8_rows_free(&a);
+    } else {
+        b1_plane_gemm_f32(h, rows, &plane, y);
+    }
     evla_haar_salient_update(x, rows, w, y);
     free(h);
     return EVLA_OK;
+}
+
+int evla_haar_gemm_f32(const float *x, int32_t rows, const evla_haar_matrix *w, float *y, const evla_haar_lengths *len) {
+    return haar_gemm(x, rows, w, y, len, 0);
+}
+
+int evla_haar_gemm_i8(const float *x, int32_t rows, const evla_haar_matrix *w, float *y, const evla_haar_lengths *len) {
+    return haar_gemm(x, rows, w, y, len, 1);
 }
 
 int evla_gs_gemm_f32(const float *x, int32_t rows, const evla_gs_matrix *w, float *y, const evla_lengths *len) {
@@ -307,10 +350,12 @@ int evla_gs_gemm_f32(const float *x, int32_t rows, const evla_gs_matrix *w, floa
     return EVLA_OK;
 }
 
-int evla_haar_gemm_f32_flat(const float *x, int32_t rows, const uint16_t *salient_idx, const uint8_t *salient_bits,
-                            const uint8_t *salient_residual_bits, const uint16_t *salient_scales,
-                            const uint8_t *bits, const uint8_t *scale_codes, const float *scale_base, int32_t n,
-                            int32_t k, int32_t salient, int32_t group, float *y) {
+typedef int (*haar_entry)(const float *, int32_t, const evla_haar_matrix *, float *, const evla_haar_lengths *);
+
+static int haar_flat(haar_entry entry, const float *x, int32_t rows, const uint16_t *salient_idx,
+                     const uint8_t *salient_bits, const uint8_t *salient_residual_bits, const uint16_t *salient_scales,
+                     const uint8_t *bits, const uint8_t *scale_codes, const float *scale_base, int32_t n, int32_t k,
+                     int32_t salient, int32_t group, float *y) {
     if (!scale_base) return EVLA_ERR_NULL;
     if (k < 1 || n < 1 || rows < 1 || salient < 0 || salient > k || group < 8 || group % 8) return EVLA_ERR_SHAPE;
     const evla_haar_matrix w = {salient_idx, salient_bits, salient_residual_bits, salient_scales, bits, scale_codes,
@@ -322,10 +367,26 @@ int evla_haar_gemm_f32_flat(const float *x, int32_t rows, const uint16_t *salien
         const evla_haar_lengths len = {(size_t)chunk * k, (size_t)chunk * n, (size_t)salient,
                                        (size_t)salient * col_bytes, (size_t)salient * col_bytes, 2 * (size_t)salient,
                                        (size_t)n * (kh / 8), (size_t)n * (kh / group)};
-        int status = evla_haar_gemm_f32(x + (size_t)r0 * k, chunk, &w, y + (size_t)r0 * n, &len);
+        int status = entry(x + (size_t)r0 * k, chunk, &w, y + (size_t)r0 * n, &len);
         if (status) return status;
     }
     return EVLA_OK;
+}
+
+int evla_haar_gemm_f32_flat(const float *x, int32_t rows, const uint16_t *salient_idx, const uint8_t *salient_bits,
+                            const uint8_t *salient_residual_bits, const uint16_t *salient_scales,
+                            const uint8_t *bits, const uint8_t *scale_codes, const float *scale_base, int32_t n,
+                            int32_t k, int32_t salient, int32_t group, float *y) {
+    return haar_flat(evla_haar_gemm_f32, x, rows, salient_idx, salient_bits, salient_residual_bits, salient_scales,
+                     bits, scale_codes, scale_base, n, k, salient, group, y);
+}
+
+int evla_haar_gemm_i8_flat(const float *x, int32_t rows, const uint16_t *salient_idx, const uint8_t *salient_bits,
+                           const uint8_t *salient_residual_bits, const uint16_t *salient_scales,
+                           const uint8_t *bits, const uint8_t *scale_codes, const float *scale_base, int32_t n,
+                           int32_t k, int32_t salient, int32_t group, float *y) {
+    return haar_flat(evla_haar_gemm_i8, x, rows, salient_idx, salient_bits, salient_residual_bits, salient_scales,
+                     bits, scale_codes, scale_base, n, k, salient, group, y);
 }
 
 int evla_gs_gemm_f32_flat(const float *x, int32_t rows, const uint16_t *values, const uint16_t *group_idx, int32_t n,

@@ -7,7 +7,7 @@
  *   b1f32, b1i8, bxb  P1 = group size               arrays: bits, scales
  *   nm                P1 = n, P2 = m                 arrays: values, indices
  *   gs                P1 = group, P2 = kept groups   arrays: values, group_idx
- *   haar              P1 = salient, P2 = group size  arrays: salient_idx, salient_bits, salient_residual_bits,
+ *   haar, haari8      P1 = salient, P2 = group size  arrays: salient_idx, salient_bits, salient_residual_bits,
  *                                                    salient_scales, bits, scale_codes, scale_base
  * REF: 0 best variant, 1 portable reference, 2 at most AVX2. For bxb, X_FILE holds ROWS float32 activation
  * scales, then the activation bits. Prints "variant status" and writes Y (float32) on success.
@@ -57,12 +57,12 @@ int main(int argc, char **argv) {
         evla_gs_matrix w = {a[0], a[1], n, k, p1, p2};
         evla_lengths len = {xs / 4, size[0] / 2, size[1] / 2, ys};
         status = evla_gs_gemm_f32(x, rows, &w, y, &len);
-    } else if (!strcmp(kernel, "haar")) {
+    } else if (!strcmp(kernel, "haar") || !strcmp(kernel, "haari8")) {
         float base = 0.0f;
         if (size[6] == sizeof base) memcpy(&base, a[6], sizeof base);
         evla_haar_matrix w = {a[0], a[1], a[2], a[3], a[4], a[5], base, n, k, p1, p2};
         evla_haar_lengths len = {xs / 4, ys, size[0] / 2, size[1], size[2], size[3] / 2, size[4], size[5]};
-        status = evla_haar_gemm_f32(x, rows, &w, y, &len);
+        status = kernel[4] ? evla_haar_gemm_i8(x, rows, &w, y, &len) : evla_haar_gemm_f32(x, rows, &w, y, &len);
     } else if (!strcmp(kernel, "bxb")) {
         evla_b1_matrix w = {a[0], a[1], n, k, p1};
         const uint8_t *xbits = (const uint8_t *)x + (size_t)rows * sizeof(float);

@@ -63,6 +63,9 @@ typedef struct {
 
 /* Also checks that salient_idx is strictly ascending and inside K (EVLA_ERR_INDEX otherwise). */
 int evla_haar_gemm_f32(const float *x, int32_t rows, const evla_haar_matrix *w, float *y, const evla_haar_lengths *len);
+/* The same with the Haar-domain activations quantized to int8 per row (absmax / 127) for the 1-bit plane; the
+   salient columns' update stays fp32. */
+int evla_haar_gemm_i8(const float *x, int32_t rows, const evla_haar_matrix *w, float *y, const evla_haar_lengths *len);
 
 /* packed_a = float16 values (N * r * g), packed_b = group indices (N * r). Also checks every group index
    (ascending, < ceil(K / g)) before computing (EVLA_ERR_INDEX otherwise). */
@@ -79,6 +82,15 @@ int evla_haar_gemm_f32_flat(const float *x, int32_t rows, const uint16_t *salien
                             const uint8_t *salient_residual_bits, const uint16_t *salient_scales,
                             const uint8_t *bits, const uint8_t *scale_codes, const float *scale_base, int32_t n,
                             int32_t k, int32_t salient, int32_t group, float *y);
+/* The int8-activation forms (each activation row quantized on the fly: absmax / 127, as evla_b1_gemm_i8): an
+   approximation of the fp32 op that a bundle compiled with int8 activations opts into. For haar_binary the
+   Haar-domain activations are quantized; the salient columns' update stays fp32. */
+int evla_b1_gemm_i8_flat(const float *x, int32_t rows, const uint8_t *bits, const uint16_t *scales, int32_t n,
+                         int32_t k, int32_t group, float *y);
+int evla_haar_gemm_i8_flat(const float *x, int32_t rows, const uint16_t *salient_idx, const uint8_t *salient_bits,
+                           const uint8_t *salient_residual_bits, const uint16_t *salient_scales,
+                           const uint8_t *bits, const uint8_t *scale_codes, const float *scale_base, int32_t n,
+                           int32_t k, int32_t salient, int32_t group, float *y);
 int evla_gs_gemm_f32_flat(const float *x, int32_t rows, const uint16_t *values, const uint16_t *group_idx, int32_t n,
                           int32_t k, int32_t group, int32_t kept, float *y);
 
@@ -134,8 +146,8 @@ typedef struct {
 /* Returns EVLA_OK, or EVLA_ERR_NOMEM with nothing allocated. */
 int evla_i8_rows_make(evla_i8_rows *out, const float *x, int32_t rows, int32_t k, int32_t g);
 void evla_i8_rows_free(evla_i8_rows *rows);
-/* The portable int8 x 1-bit reference on already quantized rows. */
-void evla_b1_gemm_i8_ref(const evla_i8_rows *qx, int32_t rows, const evla_b1_matrix *w, float *y);
+/* The portable int8 x 1-bit reference on already quantized rows (any plane: float16 or log-coded scales). */
+void evla_b1_gemm_i8_ref(const evla_i8_rows *qx, int32_t rows, const evla_b1_plane *w, float *y);
 /* Sum of every group of g real activations (index < k) of every row: out [rows, ceil(k/g)]. */
 void evla_group_sums_f32(const float *x, int32_t rows, int32_t k, int32_t g, float *out);
 /* Sum over fields [f_begin, f_end) of one N:M row of value * x[column]; padding columns (>= k) are skipped. */

@@ -95,19 +95,18 @@ void evla_b1_gemm_f32_ref(const float *x, int32_t rows, const evla_b1_plane *w, 
     }
 }
 
-void evla_b1_gemm_i8_ref(const evla_i8_rows *qx, int32_t rows, const evla_b1_matrix *w, float *y) {
+void evla_b1_gemm_i8_ref(const evla_i8_rows *qx, int32_t rows, const evla_b1_plane *w, float *y) {
     const int32_t kp = qx->kp, groups = qx->groups, g = w->group_size;
     const int32_t row_bytes = kp / 8;
     for (int32_t r = 0; r < rows; r++) {
         const int8_t *q = qx->q + (size_t)r * kp;
         for (int32_t j = 0; j < w->out_features; j++) {
             const uint8_t *bits = w->bits + (size_t)j * row_bytes;
-            const uint16_t *scales = w->scales + (size_t)j * groups;
             float acc = 0.0f;
             for (int32_t gi = 0; gi < groups; gi++) {
                 int32_t dot = 0;
                 for (int32_t i = gi * g; i < (gi + 1) * g; i++) dot += evla_b1_sign_bit(bits, i) ? q[i] : -q[i];
-                acc += evla_f16_to_f32(scales[gi]) * (float)dot;
+                acc += evla_plane_scale(w, j, groups, gi) * (float)dot;
             }
             y[(size_t)r * w->out_features + j] = qx->row_scales[r] * acc;
         }

@@ -23,9 +23,9 @@
 #define TILE 16
 #define MAX_R 8
 
-/* masks[c] for c < 8 * ceil(k / 8) of output rows j0.. (rows past n repeat the last one; never stored). */
-static void transpose_tile(const evla_b1_plane *w, int32_t j0, int32_t nj, uint16_t *masks) {
-    const int32_t k = w->in_features, row_bytes = evla_b1_row_bytes(k, w->group_size), kbytes = (k + 7) / 8;
+/* masks[c] for c < 8 * kbytes of output rows j0.. (rows past n repeat the last one; never stored). */
+static void transpose_tile(const evla_b1_plane *w, int32_t j0, int32_t nj, int32_t kbytes, uint16_t *masks) {
+    const int32_t row_bytes = evla_b1_row_bytes(w->in_features, w->group_size);
     const uint8_t *base = w->bits + (size_t)j0 * row_bytes;
     int32_t offsets[TILE];
     for (int j = 0; j < TILE; j++) offsets[j] = (j < nj ? j : nj - 1) * row_bytes;
@@ -49,6 +49,16 @@ static void transpose_tile(const evla_b1_plane *w, int32_t j0, int32_t nj, uint1
             uint32_t m = 0;
             for (int j = 0; j < TILE; j++) m |= (uint32_t)((base[offsets[j] + byte] >> t) & 1u) << j;
             masks[byte * 8 + t] = (uint16_t)m;
+        }
+}
+
+/* The tile's group scales s and 2 s as [groups][16] float32 vectors. */
+static void tile_scales(const evla_b1_plane *w, int32_t j0, int32_t nj, int32_t groups, float *s1, float *s2) {
+    for (int32_t gi = 0; gi < groups; gi++)
+        for (int j = 0; j < TILE; j++) {
+            const float s = evla_plane_scale(w, j0 + (j < nj ? j : nj - 1), groups, gi);
+            s1[gi * TILE + j] = s;
+            s2[gi * TILE + j] = 2.0f * s;
         }
 }
 
@@ -89,13 +99,8 @@ void evla_b1_gemm_f32_avx512_tiles(const float *x, int32_t rows, const evla_b1_p
     evla_group_sums_f32(x, rows, k, g, gsum);
     for (int32_t j0 = 0; j0 < n; j0 += TILE) {
         const int32_t nj = n - j0 < TILE ? n - j0 : TILE;
-        transpose_tile(w, j0, nj, masks);
-        for (int32_t gi = 0; gi < groups; gi++)
-            for (int j = 0; j < TILE; j++) {
-                const float s = evla_plane_scale(w, j0 + (j < nj ? j : nj - 1), groups, gi);
-                s1[gi * TILE + j] = s;
-                s2[gi * TILE + j] = 2.0f * s;
-            }
+        transpose_tile(w, j0, nj, (k + 7) / 8, masks);
+        tile_scales(w, j0, nj, groups, s1, s2);
         const __mmask16 store = _cvtu32_mask16((1u << nj) - 1u);
         for (int32_t r0 = 0; r0 < rows; r0 += MAX_R) {
             const int R = rows - r0 < MAX_R ? rows - r0 : MAX_R;
@@ -112,6 +117,90 @@ void evla_b1_gemm_f32_avx512_tiles(const float *x, int32_t rows, const evla_b1_p
                 default: tile_rows(xr, k, g, groups, masks, s1, s2, gr, 1, out); break;
             }
             for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(y + (size_t)(r0 + r) * n + j0, store, out[r]);
+        }
+    }
+    free(block);
+}
+
+/* ---- int8 activations: 64 weights x one row per instruction ----
+ * The tile's lane masks are interleaved by column quads into 64-bit byte masks (bit 4j + t = sign bit of output
+ * j at column 4q + t), so one masked byte move gives vpdpbusd its unsigned operand (1 where the sign is +) and
+ * each row's four int8 activations of the quad are one 32-bit broadcast: per group
+ * 2 s * sum(bit * q) - s * sum(q), then the row's quantization scale. */
+
+/* Bits 0..15 of m spread to bits 0, 4, 8, ..., 60. */
+static inline uint64_t spread4(uint64_t m) {
+    m &= 0xFFFFu;
+    m = (m | (m << 24)) & 0x000000FF000000FFull;
+    m = (m | (m << 12)) & 0x000F000F000F000Full;
+    m = (m | (m << 6)) & 0x0303030303030303ull;
+    m = (m | (m << 3)) & 0x1111111111111111ull;
+    return m;
+}
+
+static inline __attribute__((always_inline)) void tile_rows_i8(const int8_t *q, int32_t kp, int32_t g,
+                                                               int32_t groups, const uint64_t *quads,
+                                                               const float *s1, const float *s2, const float *gsum,
+                                                               const int R, __m512 out[MAX_R]) {
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int r = 0; r < R; r++) out[r] = _mm512_setzero_ps();
+    for (int32_t gi = 0; gi < groups; gi++) {
+        __m512i a[MAX_R];
+        for (int r = 0; r < R; r++) a[r] = _mm512_setzero_si512();
+        for (int32_t qd = gi * g / 4; qd < (gi + 1) * g / 4; qd++) {
+            const __m512i bits = _mm512_maskz_mov_epi8(_cvtu64_mask64(quads[qd]), ones);
+            for (int r = 0; r < R; r++) {
+                int32_t four;
+                memcpy(&four, q + (size_t)r * kp + 4 * qd, 4);
+                a[r] = _mm512_dpbusd_epi32(a[r], bits, _mm512_set1_epi32(four));
+            }
+        }
+        const __m512 one = _mm512_load_ps(s1 + gi * TILE), two = _mm512_load_ps(s2 + gi * TILE);
+        for (int r = 0; r < R; r++) {
+            out[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[r]), two, out[r]);
+            out[r] = _mm512_fnmadd_ps(_mm512_set1_ps(gsum[(size_t)r * groups + gi]), one, out[r]);
+        }
+    }
+}
+
+void evla_b1_gemm_i8_ref(const evla_i8_rows *qx, int32_t rows, const evla_b1_plane *w, float *y);
+
+void evla_b1_gemm_i8_avx512_tiles(const evla_i8_rows *qx, int32_t rows, const evla_b1_plane *w, float *y) {
+    const int32_t n = w->out_features, g = w->group_size, kp = qx->kp, groups = qx->groups;
+    const size_t scale_bytes = sizeof(float) * (size_t)groups * TILE;
+    const size_t mask_bytes = (sizeof(uint16_t) * (size_t)kp + 63) / 64 * 64;
+    const size_t quad_bytes = (sizeof(uint64_t) * (size_t)(kp / 4) + 63) / 64 * 64;
+    char *block = aligned_alloc(64, 2 * scale_bytes + mask_bytes + quad_bytes);
+    if (!block) { evla_b1_gemm_i8_ref(qx, rows, w, y); return; }  /* the reference needs no scratch */
+    float *s1 = (float *)block, *s2 = (float *)(block + scale_bytes);
+    uint16_t *masks = (uint16_t *)(block + 2 * scale_bytes);
+    uint64_t *quads = (uint64_t *)(block + 2 * scale_bytes + mask_bytes);
+    for (int32_t j0 = 0; j0 < n; j0 += TILE) {
+        const int32_t nj = n - j0 < TILE ? n - j0 : TILE;
+        transpose_tile(w, j0, nj, kp / 8, masks);  /* the padded columns too: their bits are 0, q is 0 there */
+        for (int32_t qd = 0; qd < kp / 4; qd++)
+            quads[qd] = spread4(masks[4 * qd]) | spread4(masks[4 * qd + 1]) << 1 | spread4(masks[4 * qd + 2]) << 2 |
+                        spread4(masks[4 * qd + 3]) << 3;
+        tile_scales(w, j0, nj, groups, s1, s2);
+        const __mmask16 store = _cvtu32_mask16((1u << nj) - 1u);
+        for (int32_t r0 = 0; r0 < rows; r0 += MAX_R) {
+            const int R = rows - r0 < MAX_R ? rows - r0 : MAX_R;
+            const int8_t *qr = qx->q + (size_t)r0 * kp;
+            const float *gr = qx->group_sums + (size_t)r0 * groups;
+            __m512 out[MAX_R];
+            switch (R) {
+                case 8: tile_rows_i8(qr, kp, g, groups, quads, s1, s2, gr, 8, out); break;
+                case 7: tile_rows_i8(qr, kp, g, groups, quads, s1, s2, gr, 7, out); break;
+                case 6: tile_rows_i8(qr, kp, g, groups, quads, s1, s2, gr, 6, out); break;
+                case 5: tile_rows_i8(qr, kp, g, groups, quads, s1, s2, gr, 5, out); break;
+                case 4: tile_rows_i8(qr, kp, g, groups, quads, s1, s2, gr, 4, out); break;
+                case 3: tile_rows_i8(qr, kp, g, groups, quads, s1, s2, gr, 3, out); break;
+                case 2: tile_rows_i8(qr, kp, g, groups, quads, s1, s2, gr, 2, out); break;
+                default: tile_rows_i8(qr, kp, g, groups, quads, s1, s2, gr, 1, out); break;
+            }
+            for (int r = 0; r < R; r++)
+                _mm512_mask_storeu_ps(y + (size_t)(r0 + r) * n + j0, store,
+                                      _mm512_mul_ps(out[r], _mm512_set1_ps(qx->row_scales[r0 + r])));
         }
     }
     free(block);
