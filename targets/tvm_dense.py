@@ -24,13 +24,16 @@ _CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
 _PERMUTE = tvm.ir.Op.get("relax.permute_dims")
 
 
-def matmul_kernel(rows: int, n: int, k: int):
-    """Y[rows, n] = X[rows, k] @ W[k, n] by evla_dense_matmul_f32."""
+def matmul_kernel(x_shape: tuple[int, ...], n: int, k: int):
+    """Y[..., n] = X[..., k] @ W[k, n] by evla_dense_matmul_f32, on the activations' own shape (the leading
+    axes are rows; the C call takes data pointers, so no reshape is needed around it)."""
+    rows = int(np.prod(x_shape[:-1]))
+    y_shape = (*x_shape[:-1], n)
     message = f"edgevla: dense MatMul {rows}x{k} @ {k}x{n} was refused by the dense library (see dense.h codes)"
 
     @T.prim_func(private=True)
-    def dense_matmul(X: T.Buffer((rows, k), "float32"), W: T.Buffer((k, n), "float32"),
-                     Y: T.Buffer((rows, n), "float32")):
+    def dense_matmul(X: T.Buffer(x_shape, "float32"), W: T.Buffer((k, n), "float32"),
+                     Y: T.Buffer(y_shape, "float32")):
         T.func_attr({"op_pattern": 8, "tir.noalias": True})
         status = T.call_extern("int32", "evla_dense_matmul_f32", X.data, rows, W.data, n, k, Y.data)
         assert status == 0, message
@@ -121,15 +124,11 @@ class _DenseToLibrary(relax.PyExprMutator):
         if x_shape is None or y_shape is None or weight is None or weight.ndim != 2 or weight.dtype != np.float32:
             return call
         k, n = weight.shape
-        rows = int(np.prod(x_shape[:-1])) if len(x_shape) > 1 else 1
-        if x_shape[-1] != k or rows < 1:
+        if len(x_shape) < 2 or x_shape[-1] != k or int(np.prod(x_shape[:-1])) < 1:
             return call
-        gv = self._kernel(("matmul", rows, n, k), lambda: matmul_kernel(rows, n, k))
-        x2 = self.builder_.emit(relax.op.reshape(call.args[0], (rows, k))) if len(x_shape) != 2 else call.args[0]
-        y = self.builder_.emit(relax.call_tir(gv, [x2, relax.const(weight)],
-                                              out_ty=relax.TensorType((rows, n), "float32")))
+        gv = self._kernel(("matmul", *x_shape, n), lambda: matmul_kernel(x_shape, n, k))
         self.lowered["MatMul"] += 1
-        return relax.op.reshape(y, y_shape) if len(x_shape) != 2 else y
+        return relax.call_tir(gv, [call.args[0], relax.const(weight)], out_ty=relax.TensorType(y_shape, "float32"))
 
     def _conv2d(self, call, y_shape):
         attrs = call.attrs

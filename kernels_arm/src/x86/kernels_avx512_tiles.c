@@ -23,6 +23,19 @@
 #define TILE 16
 #define MAX_R 8
 
+/* CALL(r) with r a compile-time constant 1..MAX_R equal to R, so each case keeps its accumulators in registers */
+#define WITH_CONSTANT_ROWS(R, CALL)                                                                     \
+    switch (R) {                                                                                        \
+        case 8: CALL(8); break;                                                                         \
+        case 7: CALL(7); break;                                                                         \
+        case 6: CALL(6); break;                                                                         \
+        case 5: CALL(5); break;                                                                         \
+        case 4: CALL(4); break;                                                                         \
+        case 3: CALL(3); break;                                                                         \
+        case 2: CALL(2); break;                                                                         \
+        default: CALL(1); break;                                                                        \
+    }
+
 /* masks[c] for c < 8 * kbytes of output rows j0.. (rows past n repeat the last one; never stored). */
 static void transpose_tile(const evla_b1_plane *w, int32_t j0, int32_t nj, int32_t kbytes, uint16_t *masks) {
     const int32_t row_bytes = evla_b1_row_bytes(w->in_features, w->group_size);
@@ -106,16 +119,9 @@ void evla_b1_gemm_f32_avx512_tiles(const float *x, int32_t rows, const evla_b1_p
             const int R = rows - r0 < MAX_R ? rows - r0 : MAX_R;
             const float *xr = x + (size_t)r0 * k, *gr = gsum + (size_t)r0 * groups;
             __m512 out[MAX_R];
-            switch (R) {  /* constant row counts, so each case keeps its accumulators in registers */
-                case 8: tile_rows(xr, k, g, groups, masks, s1, s2, gr, 8, out); break;
-                case 7: tile_rows(xr, k, g, groups, masks, s1, s2, gr, 7, out); break;
-                case 6: tile_rows(xr, k, g, groups, masks, s1, s2, gr, 6, out); break;
-                case 5: tile_rows(xr, k, g, groups, masks, s1, s2, gr, 5, out); break;
-                case 4: tile_rows(xr, k, g, groups, masks, s1, s2, gr, 4, out); break;
-                case 3: tile_rows(xr, k, g, groups, masks, s1, s2, gr, 3, out); break;
-                case 2: tile_rows(xr, k, g, groups, masks, s1, s2, gr, 2, out); break;
-                default: tile_rows(xr, k, g, groups, masks, s1, s2, gr, 1, out); break;
-            }
+#define F32_ROWS(r) tile_rows(xr, k, g, groups, masks, s1, s2, gr, r, out)
+            WITH_CONSTANT_ROWS(R, F32_ROWS);
+#undef F32_ROWS
             for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(y + (size_t)(r0 + r) * n + j0, store, out[r]);
         }
     }
@@ -123,19 +129,42 @@ void evla_b1_gemm_f32_avx512_tiles(const float *x, int32_t rows, const evla_b1_p
 }
 
 /* ---- int8 activations: 64 weights x one row per instruction ----
- * The tile's lane masks are interleaved by column quads into 64-bit byte masks (bit 4j + t = sign bit of output
- * j at column 4q + t), so one masked byte move gives vpdpbusd its unsigned operand (1 where the sign is +) and
+ * The tile's sign bits become one 64-bit byte mask per column quad (bit 4j + t = sign bit of output j at
+ * column 4q + t), so one masked byte move gives vpdpbusd its unsigned operand (1 where the sign is +) and
  * each row's four int8 activations of the quad are one 32-bit broadcast: per group
  * 2 s * sum(bit * q) - s * sum(q), then the row's quantization scale. */
 
-/* Bits 0..15 of m spread to bits 0, 4, 8, ..., 60. */
-static inline uint64_t spread4(uint64_t m) {
-    m &= 0xFFFFu;
-    m = (m | (m << 24)) & 0x000000FF000000FFull;
-    m = (m | (m << 12)) & 0x000F000F000F000Full;
-    m = (m | (m << 6)) & 0x0303030303030303ull;
-    m = (m | (m << 3)) & 0x1111111111111111ull;
-    return m;
+/* quads[q] for every column quad of output rows j0.. (all row_bytes, padding included), straight from the bits:
+   one gather of 4 bytes from each of the 16 rows gives, per 128-bit lane, 4 rows' bytes; a byte shuffle
+   repeats byte c of each row over its dword, and a test against the dword pattern (1, 2, 4, 8) << 4h sets bit
+   4j + t exactly when row j has bit 4h + t of byte c, i.e. column 8 (byte + c) + 4h + t. */
+static void quad_masks_tile(const evla_b1_plane *w, int32_t j0, int32_t nj, uint64_t *quads) {
+    const int32_t row_bytes = evla_b1_row_bytes(w->in_features, w->group_size);
+    const uint8_t *base = w->bits + (size_t)j0 * row_bytes;
+    int32_t offsets[TILE];
+    for (int j = 0; j < TILE; j++) offsets[j] = (j < nj ? j : nj - 1) * row_bytes;
+    const __m512i offset_v = _mm512_loadu_si512(offsets);
+    __m512i repeat[4];
+    for (int c = 0; c < 4; c++)
+        repeat[c] = _mm512_broadcast_i32x4(_mm_setr_epi8(c, c, c, c, 4 + c, 4 + c, 4 + c, 4 + c, 8 + c, 8 + c, 8 + c,
+                                                         8 + c, 12 + c, 12 + c, 12 + c, 12 + c));
+    const __m512i low = _mm512_set1_epi32(0x08040201), high = _mm512_set1_epi32((int)0x80402010u);
+    int32_t byte = 0;
+    for (; byte + 4 <= row_bytes; byte += 4) {
+        const __m512i v = _mm512_i32gather_epi32(offset_v, (const void *)(base + byte), 1);
+        for (int c = 0; c < 4; c++) {
+            const __m512i r = _mm512_shuffle_epi8(v, repeat[c]);
+            quads[2 * (byte + c)] = _cvtmask64_u64(_mm512_test_epi8_mask(r, low));
+            quads[2 * (byte + c) + 1] = _cvtmask64_u64(_mm512_test_epi8_mask(r, high));
+        }
+    }
+    for (; byte < row_bytes; byte++)
+        for (int h = 0; h < 2; h++) {
+            uint64_t m = 0;
+            for (int j = 0; j < TILE; j++)
+                for (int t = 0; t < 4; t++) m |= (uint64_t)((base[offsets[j] + byte] >> (4 * h + t)) & 1u) << (4 * j + t);
+            quads[2 * byte + h] = m;
+        }
 }
 
 static inline __attribute__((always_inline)) void tile_rows_i8(const int8_t *q, int32_t kp, int32_t g,
@@ -168,19 +197,14 @@ void evla_b1_gemm_i8_ref(const evla_i8_rows *qx, int32_t rows, const evla_b1_pla
 void evla_b1_gemm_i8_avx512_tiles(const evla_i8_rows *qx, int32_t rows, const evla_b1_plane *w, float *y) {
     const int32_t n = w->out_features, g = w->group_size, kp = qx->kp, groups = qx->groups;
     const size_t scale_bytes = sizeof(float) * (size_t)groups * TILE;
-    const size_t mask_bytes = (sizeof(uint16_t) * (size_t)kp + 63) / 64 * 64;
     const size_t quad_bytes = (sizeof(uint64_t) * (size_t)(kp / 4) + 63) / 64 * 64;
-    char *block = aligned_alloc(64, 2 * scale_bytes + mask_bytes + quad_bytes);
+    char *block = aligned_alloc(64, 2 * scale_bytes + quad_bytes);
     if (!block) { evla_b1_gemm_i8_ref(qx, rows, w, y); return; }  /* the reference needs no scratch */
     float *s1 = (float *)block, *s2 = (float *)(block + scale_bytes);
-    uint16_t *masks = (uint16_t *)(block + 2 * scale_bytes);
-    uint64_t *quads = (uint64_t *)(block + 2 * scale_bytes + mask_bytes);
+    uint64_t *quads = (uint64_t *)(block + 2 * scale_bytes);
     for (int32_t j0 = 0; j0 < n; j0 += TILE) {
         const int32_t nj = n - j0 < TILE ? n - j0 : TILE;
-        transpose_tile(w, j0, nj, kp / 8, masks);  /* the padded columns too: their bits are 0, q is 0 there */
-        for (int32_t qd = 0; qd < kp / 4; qd++)
-            quads[qd] = spread4(masks[4 * qd]) | spread4(masks[4 * qd + 1]) << 1 | spread4(masks[4 * qd + 2]) << 2 |
-                        spread4(masks[4 * qd + 3]) << 3;
+        quad_masks_tile(w, j0, nj, quads);  /* the padded columns too: their bits are 0, and q is 0 there */
         tile_scales(w, j0, nj, groups, s1, s2);
         const __mmask16 store = _cvtu32_mask16((1u << nj) - 1u);
         for (int32_t r0 = 0; r0 < rows; r0 += MAX_R) {
@@ -188,16 +212,9 @@ void evla_b1_gemm_i8_avx512_tiles(const evla_i8_rows *qx, int32_t rows, const ev
             const int8_t *qr = qx->q + (size_t)r0 * kp;
             const float *gr = qx->group_sums + (size_t)r0 * groups;
             __m512 out[MAX_R];
-            switch (R) {
-                case 8: tile_rows_i8(qr, kp, g, groups, quads, s1, s2, gr, 8, out); break;
-                case 7: tile_rows_i8(qr, kp, g, groups, quads, s1, s2, gr, 7, out); break;
-                case 6: tile_rows_i8(qr, kp, g, groups, quads, s1, s2, gr, 6, out); break;
-                case 5: tile_rows_i8(qr, kp, g, groups, quads, s1, s2, gr, 5, out); break;
-                case 4: tile_rows_i8(qr, kp, g, groups, quads, s1, s2, gr, 4, out); break;
-                case 3: tile_rows_i8(qr, kp, g, groups, quads, s1, s2, gr, 3, out); break;
-                case 2: tile_rows_i8(qr, kp, g, groups, quads, s1, s2, gr, 2, out); break;
-                default: tile_rows_i8(qr, kp, g, groups, quads, s1, s2, gr, 1, out); break;
-            }
+#define I8_ROWS(r) tile_rows_i8(qr, kp, g, groups, quads, s1, s2, gr, r, out)
+            WITH_CONSTANT_ROWS(R, I8_ROWS);
+#undef I8_ROWS
             for (int r = 0; r < R; r++)
                 _mm512_mask_storeu_ps(y + (size_t)(r0 + r) * n + j0, store,
                                       _mm512_mul_ps(out[r], _mm512_set1_ps(qx->row_scales[r0 + r])));
