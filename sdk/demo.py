@@ -1,7 +1,8 @@
 """`edgevla demo`: one policy through the whole chain, measured in closed loop.
 
-train (cached) -> compress 1-bit (sign) -> export ONNX (ai.edgevla::BinaryMatMul) -> compile for the host
-with TVM -> run the reach task with (a) fp32 in onnxruntime, (b) 1-bit in onnxruntime, (c) 1-bit compiled.
+train (cached) -> compress 1-bit (hbvla, the method that keeps the policy working; sign as the naive
+baseline) -> export ONNX (ai.edgevla custom ops) -> compile for the host with TVM -> run the reach task with
+(a) fp32 in onnxruntime, (b) hbvla 1-bit in onnxruntime, (c) hbvla 1-bit compiled, (d) sign 1-bit compiled.
 """
 
 from __future__ import annotations
@@ -81,15 +82,18 @@ def evaluate(policy, name: str, model_file: Path, episodes: int, progress: bool 
 
 
 def format_table(results: list[VariantResult]) -> str:
-    header = (f"{'variant':24s} {'success':>9s} {'final dist':>10s} {'observe p50/p99':>16s} "
-              f"{'infer p50/p99':>16s} {'act p50/p99':>14s} {'model bytes':>12s}")
+    """One row per variant; "speed" is the fp32 onnxruntime row's infer p50 over this row's (first row = fp32)."""
+    header = (f"{'variant':28s} {'success':>9s} {'final dist':>10s} {'observe p50/p99':>16s} "
+              f"{'infer p50/p99':>16s} {'speed vs fp32 ORT':>18s} {'act p50/p99':>14s} {'model bytes':>12s}")
     lines = [header, "-" * len(header)]
+    baseline = results[0].sections_ms["infer"]["p50"]
     for r in results:
         def pp(section):
             s = r.sections_ms[section]
             return f"{s['p50']:.2f}/{s['p99']:.2f} ms"
-        lines.append(f"{r.name:24s} {r.success_rate * 100:8.1f}% {r.median_final_distance_m * 1000:7.1f} mm "
-                     f"{pp('observe'):>16s} {pp('infer'):>16s} {pp('act'):>14s} {r.model_bytes:12,d}")
+        speed = baseline / r.sections_ms["infer"]["p50"]
+        lines.append(f"{r.name:28s} {r.success_rate * 100:8.1f}% {r.median_final_distance_m * 1000:7.1f} mm "
+                     f"{pp('observe'):>16s} {pp('infer'):>16s} {speed:17.2f}x {pp('act'):>14s} {r.model_bytes:12,d}")
     return "\n".join(lines)
 
 
@@ -112,39 +116,49 @@ def run_demo(*, episodes: int = 50, workdir: Path = Path("artifacts/demo"), grou
     model = load_or_train(progress=progress)
     torch.set_num_threads(1)
 
-    print("[2/5] compress: 1-bit sign x per-group scale on the transformer Linear layers", flush=True)
+    print("[2/5] compress the transformer Linear layers to 1 bit: hbvla (calibrated) and sign (naive baseline)",
+          flush=True)
     calibration = calibration_inputs(64, batch_size=16)
-    compressed = compress(model, "sign", calibration=calibration, include=["blocks.*"], group_size=group_size)
-    print(f"      {len(compressed.report.compressed)} layers at "
-          f"{compressed.report.mean_bits_per_weight():.3f} bits/weight", flush=True)
+    methods = {"hbvla": compress(model, "hbvla", calibration=calibration, include=["blocks.*"]),
+               "sign": compress(model, "sign", calibration=calibration, include=["blocks.*"], group_size=group_size)}
+    for method, compressed in methods.items():
+        print(f"      {method}: {len(compressed.report.compressed)} layers at "
+              f"{compressed.report.mean_bits_per_weight():.3f} bits/weight", flush=True)
 
-    print("[3/5] export ONNX (fp32 and 1-bit with ai.edgevla::BinaryMatMul)", flush=True)
+    print("[3/5] export ONNX (fp32, and 1-bit with ai.edgevla custom ops)", flush=True)
     example = tuple(t[:1] for t in calibration[0])
-    fp32_path, binary_path = workdir / "reach_fp32.onnx", workdir / "reach_binary.onnx"
+    fp32_path = workdir / "reach_fp32.onnx"
     export(model, example, fp32_path, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES)
-    export(compressed.model, example, binary_path, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES)
+    onnx_paths = {method: workdir / f"reach_{method}.onnx" for method in methods}
+    for method, compressed in methods.items():
+        export(compressed.model, example, onnx_paths[method], input_names=INPUT_NAMES, output_names=OUTPUT_NAMES)
 
-    print("[4/5] compile the 1-bit model for the host with TVM and verify it against onnxruntime", flush=True)
-    bundle_dir = workdir / "reach_binary_host"
-    compile_bundle(binary_path, "host", bundle_dir)
-    report = verify_bundle(bundle_dir)
-    print("      " + report.line(), flush=True)
-    if not report.passed:
-        raise RuntimeError(f"the compiled bundle does not match onnxruntime: {report.line()}")
+    print("[4/5] compile the 1-bit models for the host with TVM and verify them against onnxruntime", flush=True)
+    bundles = {}
+    for method, path in onnx_paths.items():
+        bundle_dir = workdir / f"reach_{method}_host"
+        compile_bundle(path, "host", bundle_dir)
+        report = verify_bundle(bundle_dir)
+        print(f"      {method}: " + report.line(), flush=True)
+        if not report.passed:
+            raise RuntimeError(f"the compiled {method} bundle does not match onnxruntime: {report.line()}")
+        bundles[method] = read_bundle(bundle_dir)
 
     print(f"[5/5] closed loop on {episodes} held-out episodes per variant", flush=True)
     vocab = model.config.vocab_size
-    bundle = read_bundle(bundle_dir)
     results = [
         evaluate(OnnxRuntimePolicy(fp32_path, vocabulary_size=vocab), "fp32 onnxruntime", fp32_path, episodes, progress),
-        evaluate(OnnxRuntimePolicy(binary_path, vocabulary_size=vocab), "1-bit onnxruntime", binary_path, episodes,
+        evaluate(OnnxRuntimePolicy(onnx_paths["hbvla"], vocabulary_size=vocab), "1-bit hbvla onnxruntime",
+                 onnx_paths["hbvla"], episodes, progress),
+        evaluate(TvmPolicy(bundles["hbvla"]), "1-bit hbvla TVM host", bundles["hbvla"].library, episodes, progress),
+        evaluate(TvmPolicy(bundles["sign"]), "1-bit sign TVM host (naive)", bundles["sign"].library, episodes,
                  progress),
-        evaluate(TvmPolicy(bundle), "1-bit TVM host", bundle.library, episodes, progress),
     ]
     print()
     print(format_table(results))
-    print(f"(model bytes: ONNX file for onnxruntime, compiled library for TVM; success = end effector within "
-          f"20 mm of the named ball; {time.perf_counter() - started:.0f} s in all)")
+    print(f"(model bytes: ONNX file for onnxruntime, compiled library for TVM; speed: fp32 onnxruntime's infer p50 "
+          f"over the row's, same run; success = end effector within 20 mm of the named ball; "
+          f"{time.perf_counter() - started:.0f} s in all)")
     if json_path:
         Path(json_path).write_text(json.dumps([vars(r) for r in results], indent=2))
     return results
