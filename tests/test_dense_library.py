@@ -69,6 +69,9 @@ def test_library_bundle_matches_onnxruntime(tmp_path, name, model, shape):
     mod, lowered = tvm_dense.lower_dense_ops(tvm_backend.import_onnx(onnx.load(str(path))))
     expected_ops = {"convs": {"Conv2d": 6, "MatMul": 1}, "tokens": {"MatMul": 3}}[name]
     assert dict(lowered) == expected_ops
+    if name == "convs":  # moved to channels-last first, the layout oneDNN's fastest convolutions read
+        convs = [gv.name_hint for gv, _ in mod.functions_items() if gv.name_hint.startswith("edgevla_dense_conv2d")]
+        assert convs and all(name.startswith("edgevla_dense_conv2d_NHWC") for name in convs), convs
     bundle = compile_bundle(path, "host", tmp_path / "bundle")
     assert bundle.manifest["dense"].startswith("onednn")
     report = verify_bundle(bundle.path)
@@ -103,7 +106,7 @@ def binding():
     lib = ctypes.CDLL(str(out))
     lib.evla_dense_matmul_f32.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32,
                                           ctypes.c_int32, ctypes.c_void_p]
-    lib.evla_dense_conv2d_f32_flat.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int32] * 18
+    lib.evla_dense_conv2d_f32_flat.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int32] * 19
     lib.evla_dense_library.restype = ctypes.c_char_p
     return lib
 
@@ -120,11 +123,11 @@ def test_binding_refuses_bad_calls_and_writes_nothing(binding):
         assert binding.evla_dense_matmul_f32(_ptr(x), rows, _ptr(w), n, k, _ptr(y)) == -3  # EVLA_ERR_SHAPE
     xc, wc = np.ones((1, 2, 5, 5), np.float32), np.ones((4, 2, 3, 3), np.float32)
     yc = np.full((1, 4, 5, 5), 7.0, np.float32)
-    good = [1, 2, 5, 5, 4, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    good = [1, 2, 5, 5, 4, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0]  # NCHW
     assert binding.evla_dense_conv2d_f32_flat(_ptr(xc), _ptr(wc), _ptr(yc), *good) == 0
     np.testing.assert_allclose(yc[0, :, 2, 2], 18.0)
     yc[:] = 7.0
-    for at, bad in ((5, 4), (17, 3), (9, 0), (15, 0), (11, -1)):  # wrong out_h, groups not dividing, stride 0, ...
+    for at, bad in ((5, 4), (17, 3), (9, 0), (15, 0), (11, -1), (18, 2)):  # wrong out_h, groups, stride 0, layout
         args = list(good)
         args[at] = bad
         assert binding.evla_dense_conv2d_f32_flat(_ptr(xc), _ptr(wc), _ptr(yc), *args) == -3, (at, bad)

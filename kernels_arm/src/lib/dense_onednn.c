@@ -179,16 +179,18 @@ static int build_conv(entry *e) {
     const evla_conv2d_shape *s = (const evla_conv2d_shape *)e->key;
     const dnnl_dim_t g = s->groups, oc = s->out_c, ic = s->in_c;
     dnnl_memory_desc_t src, w_any, w_user, dst;
-    dnnl_memory_desc_init_by_tag(&src, 4, (dnnl_dims_t){s->batch, ic, s->in_h, s->in_w}, dnnl_f32, dnnl_nchw);
-    dnnl_memory_desc_init_by_tag(&dst, 4, (dnnl_dims_t){s->batch, oc, s->out_h, s->out_w}, dnnl_f32, dnnl_nchw);
+    const dnnl_format_tag_t act = s->channels_last ? dnnl_nhwc : dnnl_nchw;
+    dnnl_memory_desc_init_by_tag(&src, 4, (dnnl_dims_t){s->batch, ic, s->in_h, s->in_w}, dnnl_f32, act);
+    dnnl_memory_desc_init_by_tag(&dst, 4, (dnnl_dims_t){s->batch, oc, s->out_h, s->out_w}, dnnl_f32, act);
     if (g == 1) {
         dnnl_memory_desc_init_by_tag(&w_any, 4, (dnnl_dims_t){oc, ic, s->k_h, s->k_w}, dnnl_f32, dnnl_format_tag_any);
-        dnnl_memory_desc_init_by_tag(&w_user, 4, (dnnl_dims_t){oc, ic, s->k_h, s->k_w}, dnnl_f32, dnnl_oihw);
-    } else {  /* grouped weights [g, oc/g, ic/g, kh, kw]: the same bytes as OIHW */
+        dnnl_memory_desc_init_by_tag(&w_user, 4, (dnnl_dims_t){oc, ic, s->k_h, s->k_w}, dnnl_f32,
+                                     s->channels_last ? dnnl_ohwi : dnnl_oihw);
+    } else {  /* grouped weights [g, oc/g, ic/g, kh, kw]: the same bytes as OIHW (OHWI: as ohwi per group) */
         dnnl_memory_desc_init_by_tag(&w_any, 5, (dnnl_dims_t){g, oc / g, ic / g, s->k_h, s->k_w}, dnnl_f32,
                                      dnnl_format_tag_any);
         dnnl_memory_desc_init_by_tag(&w_user, 5, (dnnl_dims_t){g, oc / g, ic / g, s->k_h, s->k_w}, dnnl_f32,
-                                     dnnl_goihw);
+                                     s->channels_last ? dnnl_gohwi : dnnl_goihw);
     }
     dnnl_convolution_desc_t desc;
     if (dnnl_dilated_convolution_forward_desc_init(
@@ -203,7 +205,7 @@ static int conv_shape_ok(const evla_conv2d_shape *s) {
     if (s->batch < 1 || s->in_c < 1 || s->in_h < 1 || s->in_w < 1 || s->out_c < 1 || s->k_h < 1 || s->k_w < 1 ||
         s->stride_h < 1 || s->stride_w < 1 || s->dilation_h < 1 || s->dilation_w < 1 || s->groups < 1 ||
         s->pad_top < 0 || s->pad_left < 0 || s->pad_bottom < 0 || s->pad_right < 0 ||
-        s->in_c % s->groups || s->out_c % s->groups)
+        s->in_c % s->groups || s->out_c % s->groups || (s->channels_last != 0 && s->channels_last != 1))
         return 0;
     const int32_t oh = (s->in_h + s->pad_top + s->pad_bottom - s->dilation_h * (s->k_h - 1) - 1) / s->stride_h + 1;
     const int32_t ow = (s->in_w + s->pad_left + s->pad_right - s->dilation_w * (s->k_w - 1) - 1) / s->stride_w + 1;
@@ -226,9 +228,10 @@ int evla_dense_conv2d_f32_flat(const float *x, const float *w, float *y, int32_t
                                int32_t in_w, int32_t out_c, int32_t out_h, int32_t out_w, int32_t k_h, int32_t k_w,
                                int32_t stride_h, int32_t stride_w, int32_t pad_top, int32_t pad_left,
                                int32_t pad_bottom, int32_t pad_right, int32_t dilation_h, int32_t dilation_w,
-                               int32_t groups) {
+                               int32_t groups, int32_t channels_last) {
     const evla_conv2d_shape s = {batch, in_c, in_h, in_w, out_c, out_h, out_w, k_h, k_w, stride_h, stride_w,
-                                 pad_top, pad_left, pad_bottom, pad_right, dilation_h, dilation_w, groups};
+                                 pad_top, pad_left, pad_bottom, pad_right, dilation_h, dilation_w, groups,
+                                 channels_last};
     return evla_dense_conv2d_f32(x, w, &s, y);
 }
 
