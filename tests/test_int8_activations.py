@@ -71,3 +71,21 @@ def test_int8_activations_are_refused_where_no_c_kernel_runs(reach_onnx, tmp_pat
         compile_bundle(reach_onnx["binary"], "jetson-orin", tmp_path / "c", activations="int8")
     with pytest.raises(ValueError, match="need the C kernels"):
         tvm_backend.import_onnx(onnx.load(str(reach_onnx["binary"])), int8_activations=True)
+
+
+@pytest.mark.parametrize("activations", ["fp32", "int8"])
+def test_many_token_rows_in_one_kernel_call_match_onnxruntime(tmp_path, activations):
+    """40 token rows of 1-bit layers: on AVX-512 the flat entry hands all rows to the token-batch tiles at once
+    (elsewhere 16 at a time); either way the bundle matches onnxruntime."""
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(72, 200), torch.nn.ReLU(), torch.nn.Linear(200, 136),
+                                torch.nn.ReLU(), torch.nn.Linear(136, 72), torch.nn.Linear(72, 5)).eval()
+    tokens = torch.randn(1, 40, 72)
+    compressed = compress(model, "sign", calibration=[(tokens,)], group_size=8).model
+    path = tmp_path / "tokens.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export(compressed, (tokens,), path, input_names=["tokens"], output_names=["out"])
+    bundle = compile_bundle(path, "host", tmp_path / "b", activations=activations)
+    report = verify_bundle(bundle.path)
+    assert report.passed, report.line()

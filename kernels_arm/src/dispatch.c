@@ -217,17 +217,31 @@ int evla_nm_gemm_f32(const float *x, int32_t rows, const evla_nm_matrix *w, floa
     return EVLA_OK;
 }
 
-typedef int (*b1_entry)(const float *, int32_t, const evla_b1_matrix *, float *, const evla_lengths *);
-
-static int b1_flat(b1_entry entry, const float *x, int32_t rows, const uint8_t *bits, const uint16_t *scales,
-                   int32_t n, int32_t k, int32_t group, float *y) {
+/* Flat binary GEMM for generated code. Where the AVX-512 token-batch tiles run, all rows go in one call (each
+   16-row chunk would otherwise quantize again and gather every tile's masks again); elsewhere 16 rows at a time
+   through the checked entry point. */
+static int b1_flat(int int8, const float *x, int32_t rows, const uint8_t *bits, const uint16_t *scales, int32_t n,
+                   int32_t k, int32_t group, float *y) {
     if (group < 8 || group % 8 || k < 1 || n < 1 || rows < 1) return EVLA_ERR_SHAPE;
     const evla_b1_matrix w = {bits, scales, n, k, group};
+#if defined(__x86_64__) && defined(EVLA_WITH_AVX2)
+    if (use_avx512() && rows > EVLA_MAX_ROWS) {
+        if (!x || !bits || !scales || !y) return EVLA_ERR_NULL;
+        const evla_b1_plane plane = evla_plane_of(&w);
+        if (!int8) { evla_b1_gemm_f32_avx512_tiles(x, rows, &plane, y); return EVLA_OK; }
+        evla_i8_rows a;
+        if (evla_i8_rows_make(&a, x, rows, k, group)) return EVLA_ERR_NOMEM;
+        evla_b1_gemm_i8_avx512_tiles(&a, rows, &plane, y);
+        evla_i8_rows_free(&a);
+        return EVLA_OK;
+    }
+#endif
     for (int32_t r0 = 0; r0 < rows; r0 += EVLA_MAX_ROWS) {
         const int32_t chunk = rows - r0 < EVLA_MAX_ROWS ? rows - r0 : EVLA_MAX_ROWS;
         const evla_lengths len = {(size_t)chunk * k, (size_t)n * evla_b1_row_bytes(k, group),
                                   (size_t)n * evla_b1_row_groups(k, group), (size_t)chunk * n};
-        int status = entry(x + (size_t)r0 * k, chunk, &w, y + (size_t)r0 * n, &len);
+        int status = (int8 ? evla_b1_gemm_i8 : evla_b1_gemm_f32)(x + (size_t)r0 * k, chunk, &w, y + (size_t)r0 * n,
+                                                                 &len);
         if (status) return status;
     }
     return EVLA_OK;
@@ -235,12 +249,12 @@ static int b1_flat(b1_entry entry, const float *x, int32_t rows, const uint8_t *
 
 int evla_b1_gemm_f32_flat(const float *x, int32_t rows, const uint8_t *bits, const uint16_t *scales, int32_t n,
                           int32_t k, int32_t group, float *y) {
-    return b1_flat(evla_b1_gemm_f32, x, rows, bits, scales, n, k, group, y);
+    return b1_flat(0, x, rows, bits, scales, n, k, group, y);
 }
 
 int evla_b1_gemm_i8_flat(const float *x, int32_t rows, const uint8_t *bits, const uint16_t *scales, int32_t n,
                          int32_t k, int32_t group, float *y) {
-    return b1_flat(evla_b1_gemm_i8, x, rows, bits, scales, n, k, group, y);
+    return b1_flat(1, x, rows, bits, scales, n, k, group, y);
 }
 
 int evla_nm_gemm_f32_flat(const float *x, int32_t rows, const uint16_t *values, const uint8_t *indices, int32_t n,
