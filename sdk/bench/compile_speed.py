@@ -1,7 +1,8 @@
 """`edgevla bench compile`: compiled bundles on the host vs the same fp32 model in onnxruntime (fp32 and int8).
 
-One process, one thread each (TVM_NUM_THREADS=1, onnxruntime intra-op 1), medians of interleaved runs, one
-model and token count at a time (every row of a table saw the same machine). Models:
+One process, one thread each (TVM_NUM_THREADS=1, onnxruntime intra-op 1), medians of interleaved rounds of
+BURST consecutive calls per variant (warm caches, as on a robot that runs one policy), one model and token
+count at a time (every row of a table saw the same machine). Models:
 - the reach policy (1.3 M parameters; batch 1, 13 tokens inside), untrained: latency does not depend on
   trained values;
 - a VLA-shaped block stack (4 residual MLP blocks 768 -> 3072 -> 768, 18.9 M weights) at 1, 16, 64 and 256
@@ -40,6 +41,7 @@ REACH_METHODS = (Method("1-bit sign", "sign", {"group_size": 64}, int8=True), Me
 # tokens here) per layer, hours on this machine (the bring-your-own-policy issue's scaling item).
 STACK_METHODS = (Method("1-bit sign", "sign", {"group_size": 128}, int8=True), Method("2:4 nm", "nm", {"n": 2, "m": 4}))
 STACK_TOKENS = (1, 16, 64, 256)
+BURST = 5  # consecutive calls per variant and round (warm caches, as on a robot running one policy)
 
 
 def _block_stack(width: int = 768, hidden: int = 3072, depth: int = 4):
@@ -189,7 +191,7 @@ def _measure_case(case: Case, torch_model, compressed: dict, tmp: Path, repeats:
         sizes[name] = bundle.library.stat().st_size
     for run in runs.values():  # warm up (the dense library prepacks its weights on the first call)
         run()
-    times = median_ms_interleaved(runs, repeats)
+    times = median_ms_interleaved(runs, repeats, burst=BURST)
     return [{"model": case.model, "tokens": case.tokens, "variant": name, "median_ms": ms,
              "speedup_vs_onnxruntime_fp32": times["onnxruntime fp32"] / ms,
              "speedup_vs_onnxruntime_int8": times["onnxruntime int8"] / ms, "file_bytes": sizes[name]}
@@ -258,7 +260,8 @@ def _print(rows: list[dict]) -> list[dict]:
 def format_table(rows: list[dict]) -> str:
     first = rows[0]
     header = (f"{'variant':50s} {'median ms':>10s} {'vs ORT fp32':>12s} {'vs ORT int8':>12s} {'file bytes':>12s}")
-    lines = [f"{first['model']}, {first['tokens']} tokens, batch 1, one thread, interleaved medians", header,
+    lines = [f"{first['model']}, {first['tokens']} tokens, batch 1, one thread, medians of interleaved rounds of "
+             f"{BURST} calls", header,
              "-" * len(header)]
     for r in rows:
         lines.append(f"{r['variant']:50s} {r['median_ms']:10.3f} {r['speedup_vs_onnxruntime_fp32']:11.2f}x "
