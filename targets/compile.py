@@ -70,7 +70,8 @@ def compile_bundle(onnx_path: str | Path, target: str, out_dir: str | Path, *, o
                    kernels: str = "auto", dense: str = "auto", activations: str = "fp32", tuning=None) -> Bundle:
     """Compile an ONNX file for `target` into a bundle directory and record a reference check pair.
 
-    kernels: "c" links the kernels_arm C kernels for the formats that have one (binary, nm), "tir" uses TIR
+    kernels: "c" links the kernels_arm C kernels for the formats that have one (binary, nm, haar_binary,
+    group_sparse), "tir" uses TIR
     kernels only, "auto" (default) picks "c" wherever the target has a kernels_arm build: measured 2.5x
     faster for the 1-bit reach policy on the host (`edgevla bench compile`).
     dense: "library" runs fp32 MatMul/Conv2d with constant weights in the target's dense library (oneDNN on

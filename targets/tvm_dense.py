@@ -3,9 +3,10 @@
 TVM 0.27's default CPU pipeline leaves MatMul and Conv2d unscheduled (10x slower than onnxruntime on the
 reach policy: `edgevla bench compile`), and tuning results cannot be saved in this wheel. So on targets
 with a dense library, every float32 MatMul whose second operand is a constant weight (a Linear layer) and
-every NCHW/OIHW float32 Conv2d with a constant weight becomes one `call_tir` of an opaque PrimFunc that
-calls `kernels_arm/src/lib/dense_*.c` (kernels_arm/include/edgevla/dense.h), which prepacks the weight on
-its first call and runs the library's kernel. The status each call returns is checked: a refused call
+every float32 Conv2d with a constant weight (moved to NHWC x OHWI first by TVM's ConvertLayout; NCHW x OIHW
+is accepted too) becomes one `call_tir` of an opaque PrimFunc that calls `kernels_arm/src/lib/dense_*.c`
+(kernels_arm/include/edgevla/dense.h), which prepacks the weight on its first call and runs the library's
+kernel. The status each call returns is checked: a refused call
 fails the bundle call with the op's name and shape instead of leaving the output unwritten.
 Everything else (attention's activation x activation products, elementwise ops, norms) stays with TVM.
 """
